@@ -1,0 +1,104 @@
+//! `Environment` (cluster-scoped): one deployment target of a Project. It owns
+//! the namespace named after it (`<project>-<env>`), where its Services and
+//! Connections live.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "mahler.dev",
+    version = "v1alpha1",
+    kind = "Environment",
+    shortname = "menv",
+    category = "mahler",
+    status = "EnvironmentStatus",
+    printcolumn = r#"{"name":"Project","type":"string","jsonPath":".spec.project"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
+    printcolumn = r#"{"name":"Protected","type":"boolean","jsonPath":".spec.protected","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name.size() <= 63").message("metadata.name: an environment name is its namespace name, at most 63 characters"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (lowercase letters, digits, '-')"),
+    validation = Rule::new("self.metadata.name.startsWith(self.spec.project + '-') && self.metadata.name.size() > self.spec.project.size() + 1").message("metadata.name: must be '<spec.project>-<environment>', e.g. shop-staging for project shop"),
+    validation = Rule::new("!has(self.spec.cloneFrom) || self.spec.cloneFrom != self.metadata.name").message("spec.cloneFrom: an environment cannot clone itself"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentSpec {
+    /// The Project this environment belongs to. Immutable.
+    #[schemars(length(min = 1, max = 30))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.project is immutable"))]
+    pub project: String,
+    /// Users or groups who may deploy, approve plans and delete in this environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub owners: Vec<Owner>,
+    /// When true, only owners may change this environment's objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected: Option<bool>,
+    /// Another Environment of the same Project whose Services and Connections
+    /// this one copies (preview environments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_from: Option<String>,
+    /// Where this environment's telemetry goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySpec>,
+}
+
+/// An environment owner: exactly one of `user` or `group`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.user) != has(self.group)").message("an owner names exactly one of user or group"))]
+pub struct Owner {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
+}
+
+/// Telemetry export settings for the environment's collector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporter: Option<TelemetryExporter>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryExporter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpExporter>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpExporter {
+    /// `host:port` of an OTLP/gRPC endpoint.
+    #[schemars(length(min = 1, max = 512))]
+    pub endpoint: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The namespace holding this environment's Services and Connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl Environment {
+    /// The namespace this environment owns: its own name (`<project>-<env>`).
+    pub fn namespace_name(&self) -> String {
+        kube::ResourceExt::name_any(self)
+    }
+}
