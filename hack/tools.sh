@@ -34,13 +34,9 @@ ldflags() {
   local mod=$root/tools/$1/go.mod v
   case $1 in
     kubernetes)
-      v=$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$mod")
+      v=$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$mod")
       local minor=${v#v1.}; minor=${minor%%.*}
       echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
-      ;;
-    kwok)
-      v=$(awk '$1=="require" && $2=="sigs.k8s.io/kwok" {print $3}' "$mod")
-      echo "-X sigs.k8s.io/kwok/pkg/consts.Version=${v#v} -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$(awk '$1=="k8s.io/api" {print $2; exit}' "$root/tools/kwok/go.mod" | sed 's/^v0\./v1./')"
       ;;
     *) echo "" ;;
   esac

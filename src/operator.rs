@@ -1,1 +1,232 @@
+//! Process wiring for `mahler-operator`: flags, logging, the HTTP endpoints
+//! (`/metrics`, `/healthz`, `/readyz`), waiting for the CRDs, leader election
+//! on a Lease, and graceful shutdown. No reconcile logic lives here.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Parser;
+use kube::api::ListParams;
+use kube::{Api, Client, CustomResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::controller::{self, Settings};
+use crate::crd::{Connection, Environment, Project, Service};
+use crate::metrics::Metrics;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mahler-operator", version, about = "Runs the Mahler controllers")]
+pub struct Args {
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "MAHLER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Elect one active replica through a Lease (disable only for a single replica).
+    #[arg(long, env = "MAHLER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mahler-system")]
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, env = "MAHLER_LEASE_NAME", default_value = "mahler-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds the Lease is held without renewal before another replica takes over.
+    #[arg(long, env = "MAHLER_LEASE_SECONDS", default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// Reconciles run in parallel, per kind.
+    #[arg(long, env = "MAHLER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Seconds between drift checks of a settled object.
+    #[arg(long, env = "MAHLER_RESYNC_SECONDS", default_value_t = 600)]
+    pub resync_seconds: u64,
+    /// DNS suffix of in-cluster Service names.
+    #[arg(long, env = "MAHLER_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Log format: text or json.
+    #[arg(long, env = "MAHLER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+#[derive(Clone)]
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the operator until SIGTERM/SIGINT. Returns an error when leadership
+/// is lost (the process should exit and be restarted as a standby).
+pub async fn run(args: Args) -> anyhow_like::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(signal_shutdown(shutdown_tx));
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.map_err(|e| format!("binding {}: {e}", args.metrics_addr))?;
+    info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz, /readyz");
+    let app = Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(serve_ready))
+        .with_state(Health { metrics: metrics.clone(), ready: ready.clone() });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            error!(%error, "HTTP server stopped");
+        }
+    });
+
+    let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+    if !wait_for_crds(&client, shutdown_rx.clone()).await {
+        return Ok(());
+    }
+    ready.store(true, Ordering::Release);
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let settings = Settings {
+        cluster_domain: args.cluster_domain.clone(),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        concurrency: args.concurrency.max(1),
+    };
+
+    if !args.leader_elect {
+        metrics.leader.set(1);
+        controller::run(client, metrics, settings, identity, until_true(shutdown_rx)).await;
+        return Ok(());
+    }
+
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_seconds.max(2))
+        .with_grace((args.lease_seconds / 3).max(1))
+        .with_field_manager(crate::FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| format!("leader election on Lease {}/{}: {e}", args.lease_namespace, args.lease_name))?;
+    let (mut leader, lease_task) = lease.watch().await;
+    info!(%identity, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "waiting to become leader");
+    let mut shutdown = shutdown_rx.clone();
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() { return Err("leader election stopped".into()) },
+            _ = shutdown.wait_for(|s| *s) => { drop(leader); let _ = lease_task.await; return Ok(()) }
+        }
+    }
+    info!(%identity, "became leader");
+    metrics.leader.set(1);
+
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let (mut leader, mut shutdown, lost) = (leader.clone(), shutdown_rx.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                _ = leader.wait_for(|l| !*l) => lost.store(true, Ordering::Release),
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        }
+    };
+    controller::run(client, metrics.clone(), settings, identity, stop).await;
+    metrics.leader.set(0);
+    drop(leader); // the lease task releases the Lease when its channel closes
+    if let Ok(Err(error)) = lease_task.await {
+        warn!(%error, "releasing the leader Lease");
+    }
+    if lost.load(Ordering::Acquire) {
+        return Err("lost the leader Lease; exiting so a standby can take over".into());
+    }
+    Ok(())
+}
+
+/// Waits until every Mahler CRD is served. Returns false on shutdown.
+async fn wait_for_crds(client: &Client, mut shutdown: watch::Receiver<bool>) -> bool {
+    loop {
+        match missing_crds(client).await {
+            Ok(missing) if missing.is_empty() => return true,
+            Ok(missing) => error!(
+                missing = %missing.join(", "),
+                "Mahler CRDs are not installed; install them with `kubectl apply -f crds/` (or `kubectl apply -k manifests/`, or the Helm chart). Retrying in 5s"
+            ),
+            Err(error) => warn!(%error, "cannot reach the Kubernetes API; retrying in 5s"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait_for(|s| *s) => return false,
+        }
+    }
+}
+
+async fn missing_crds(client: &Client) -> Result<Vec<String>, kube::Error> {
+    let mut missing = Vec::new();
+    let probe = ListParams::default().limit(1);
+    for (name, result) in [
+        (Project::crd_name(), Api::<Project>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
+        (Environment::crd_name(), Api::<Environment>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
+        (Service::crd_name(), Api::<Service>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
+        (Connection::crd_name(), Api::<Connection>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => missing.push(name.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(missing)
+}
+
+async fn serve_metrics(State(h): State<Health>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.metrics.encode())
+}
+
+async fn serve_ready(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Acquire) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "waiting for CRDs") }
+}
+
+async fn signal_shutdown(tx: watch::Sender<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutdown requested; finishing in-flight reconciles");
+    let _ = tx.send(true);
+}
+
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "mahler".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A string error is all the binary needs at the edge.
+pub mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}

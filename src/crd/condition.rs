@@ -118,11 +118,6 @@ impl ConditionSet {
     }
 }
 
-/// Whether a Ready condition list says True (used across kinds).
-pub fn ready_in(conditions: Option<&Vec<Condition>>) -> bool {
-    conditions.is_some_and(|cs| cs.iter().any(|c| c.type_ == READY && c.status == "True"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

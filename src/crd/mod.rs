@@ -15,7 +15,7 @@ pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
 pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus, Owner, TelemetrySpec};
 pub use project::{Member, Project, ProjectSpec, ProjectStatus, Role};
 pub use service::{
-    EnvVar, EnvVarSource, ExposeSpec, GitSource, HealthCheck, Service, ServicePort, ServiceSpec,
+    EnvVar, EnvVarSource, Protocol, ExposeSpec, GitSource, HealthCheck, Service, ServicePort, ServiceSpec,
     ServiceOutputRef, ServiceStatus, Source, TemplateSource,
 };
 

@@ -1,0 +1,186 @@
+//! The one way the operator writes child objects: server-side apply with the
+//! `mahler-operator` field manager, skipped entirely when the cached object
+//! already matches what we would send.
+//!
+//! "Matches" means: the object carries the hash of the desired object we last
+//! applied (catches removed fields), and every field we set has the value we
+//! set (catches drift, e.g. someone editing the image). A reconcile with
+//! nothing to do therefore sends no write at all.
+
+use std::fmt::Debug;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Context, Error, ScopedApi, api_for};
+use crate::FIELD_MANAGER;
+
+/// Annotation holding the hash of the last applied desired object.
+pub const APPLIED_HASH: &str = "mahler.dev/applied-hash";
+
+/// Applies `desired` unless `observed` already matches it. Returns whether a
+/// write was sent.
+pub async fn apply<K>(ctx: &Context, mut desired: K, observed: Option<&K>) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    K::Scope: ScopedApi,
+{
+    let hash = hash_of(&desired)?;
+    desired.annotations_mut().insert(APPLIED_HASH.to_string(), hash);
+    if let Some(observed) = observed
+        && up_to_date(&desired, observed)?
+    {
+        return Ok(false);
+    }
+    let api: Api<K> = api_for(&ctx.client, &desired);
+    let mut body = serde_json::to_value(&desired).map_err(Error::Serialize)?;
+    body["apiVersion"] = Value::String(K::api_version(&()).into_owned());
+    body["kind"] = Value::String(K::kind(&()).into_owned());
+    api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(Error::Kube)?;
+    ctx.metrics.wrote(&K::kind(&()), "apply");
+    Ok(true)
+}
+
+/// Deletes a child if it still exists in the cache. 404 counts as done.
+pub async fn delete<K>(ctx: &Context, observed: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    K::Scope: ScopedApi,
+{
+    if observed.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let api: Api<K> = api_for(&ctx.client, observed);
+    ctx.metrics.wrote(&K::kind(&()), "delete");
+    match api.delete(&observed.name_any(), &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+fn hash_of<K: Serialize>(desired: &K) -> Result<String, Error> {
+    let bytes = serde_json::to_vec(desired).map_err(Error::Serialize)?;
+    Ok(format!("{:x}", Sha256::digest(bytes))[..16].to_string())
+}
+
+fn up_to_date<K: Serialize>(desired: &K, observed: &K) -> Result<bool, Error> {
+    let desired = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    let observed = serde_json::to_value(observed).map_err(Error::Serialize)?;
+    Ok(is_subset(&desired, &observed))
+}
+
+/// Whether every field set in `desired` has the same value in `observed`.
+/// Lists must match element for element (same length); empty lists, maps and
+/// nulls in `desired` match an absent field (the API server drops them);
+/// quantities compare by value ("0.5" equals "500m").
+pub fn is_subset(desired: &Value, observed: &Value) -> bool {
+    match (desired, observed) {
+        (Value::Null, _) => true,
+        (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, dv)| match o.get(k) {
+            Some(ov) => is_subset(dv, ov),
+            None => is_empty(dv),
+        }),
+        (Value::Object(d), Value::Null) => d.is_empty(),
+        (Value::Array(d), Value::Array(o)) => d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov)),
+        (Value::Array(d), Value::Null) => d.is_empty(),
+        (Value::String(d), Value::String(o)) => d == o || quantities_equal(d, o),
+        (d, o) => d == o,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_empty),
+        _ => false,
+    }
+}
+
+/// Parses a Kubernetes quantity ("500m", "1.5Gi", "2e3") to a number.
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Pi", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Ei", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let s = s.trim();
+    if s.is_empty() || !s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+') {
+        return None;
+    }
+    for (suffix, factor) in SUFFIXES {
+        if let Some(num) = s.strip_suffix(suffix) {
+            return num.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    s.parse::<f64>().ok()
+}
+
+fn quantities_equal(a: &str, b: &str) -> bool {
+    match (parse_quantity(a), parse_quantity(b)) {
+        (Some(x), Some(y)) => (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()).max(1.0),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn server_defaults_do_not_count_as_drift() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        let observed = json!({"spec": {"replicas": 2, "revisionHistoryLimit": 10, "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}], "dnsPolicy": "ClusterFirst"}}}});
+        assert!(is_subset(&desired, &observed));
+    }
+
+    #[test]
+    fn changed_or_removed_values_are_drift() {
+        let desired = json!({"spec": {"containers": [{"image": "x:2"}]}});
+        assert!(!is_subset(&desired, &json!({"spec": {"containers": [{"image": "x:1"}]}})));
+        assert!(!is_subset(&desired, &json!({"spec": {"containers": [{"image": "x:2"}, {"image": "sidecar"}]}})));
+        assert!(!is_subset(&json!({"a": 1}), &json!({})));
+    }
+
+    #[test]
+    fn empty_desired_collections_match_absent_fields() {
+        assert!(is_subset(&json!({"metadata": {"labels": {}}, "env": []}), &json!({"metadata": {}})));
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        assert!(is_subset(&json!({"cpu": "0.5"}), &json!({"cpu": "500m"})));
+        assert!(is_subset(&json!({"memory": "1Gi"}), &json!({"memory": "1024Mi"})));
+        assert!(!is_subset(&json!({"memory": "1G"}), &json!({"memory": "1Gi"})));
+        assert!(!is_subset(&json!({"image": "nginx"}), &json!({"image": "nginx:1"})));
+        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_quantity("http"), None);
+    }
+
+    #[test]
+    fn hash_changes_with_content() {
+        let a = hash_of(&json!({"a": 1})).unwrap();
+        assert_eq!(a, hash_of(&json!({"a": 1})).unwrap());
+        assert_ne!(a, hash_of(&json!({"a": 2})).unwrap());
+    }
+}

@@ -1,0 +1,257 @@
+//! One watch per kind, shared by every controller: each feeds a cache (a
+//! reflector store) and routes changes, deletions included, to the
+//! reconcilers of the objects they affect.
+//!
+//! Mahler kinds are watched through `DeserializeGuard`, so an object that
+//! cannot be decoded is cached as an error (and reported on by its
+//! reconciler) instead of breaking the watch. Children are watched by the
+//! `app.kubernetes.io/managed-by=mahler` label only, and cached without
+//! managedFields, to keep memory per managed Service small.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use futures::{Future, StreamExt, future};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::Trigger;
+use crate::MANAGED_BY;
+use crate::crd::{Connection, Environment, GROUP, Project, Service};
+use crate::environment::ENVIRONMENT_LABEL;
+
+/// A Mahler object as cached: decoded, or the reason it could not be.
+pub type Guarded<K> = DeserializeGuard<K>;
+
+/// Read access to every cached kind.
+#[derive(Clone)]
+pub struct Caches {
+    pub projects: Store<Guarded<Project>>,
+    pub environments: Store<Guarded<Environment>>,
+    pub services: Store<Guarded<Service>>,
+    pub connections: Store<Guarded<Connection>>,
+    pub namespaces: Store<Namespace>,
+    pub deployments: Store<Deployment>,
+    pub kube_services: Store<KubeService>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+impl Caches {
+    pub async fn wait_until_ready(&self) {
+        // A dropped writer means the feeds stopped; the operator is shutting down.
+        let _ = futures::join!(
+            self.projects.wait_until_ready(),
+            self.environments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.connections.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.kube_services.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
+        );
+    }
+
+    /// Decoded Environments of a Project.
+    pub fn environments_of(&self, project: &str) -> Vec<Environment> {
+        valid(self.environments.state_filter(|e| valid_ref(e).is_some_and(|e| e.spec.project == project)))
+    }
+
+    /// Decoded Connections in a namespace.
+    pub fn connections_in(&self, namespace: &str) -> Vec<Connection> {
+        valid(self.connections.state_filter(|c| c.meta().namespace.as_deref() == Some(namespace)))
+    }
+
+    /// A decoded Service by namespace and name.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
+        self.services.get(&ObjectRef::new(name).within(namespace)).and_then(|g| g.0.clone().ok())
+    }
+
+    pub fn project(&self, name: &str) -> Option<Arc<Guarded<Project>>> {
+        self.projects.get(&ObjectRef::new(name))
+    }
+}
+
+use std::sync::Arc;
+
+/// The decoded object inside a guard, if it decoded.
+pub fn valid_ref<K>(guard: &Guarded<K>) -> Option<&K> {
+    guard.0.as_ref().ok()
+}
+
+fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {
+    guards.iter().filter_map(|g| g.0.as_ref().ok().cloned()).collect()
+}
+
+/// Primary-kind streams for `Controller::for_shared_stream`.
+pub struct Subscriptions {
+    pub projects: ReflectHandle<Guarded<Project>>,
+    pub environments: ReflectHandle<Guarded<Environment>>,
+    pub services: ReflectHandle<Guarded<Service>>,
+    pub connections: ReflectHandle<Guarded<Connection>>,
+}
+
+/// Reconcile requests routed from related objects, per controller.
+pub struct Router {
+    pub subscriptions: Subscriptions,
+    pub projects: mpsc::UnboundedReceiver<ObjectRef<Guarded<Project>>>,
+    pub environments: mpsc::UnboundedReceiver<ObjectRef<Guarded<Environment>>>,
+    pub services: mpsc::UnboundedReceiver<ObjectRef<Guarded<Service>>>,
+    pub connections: mpsc::UnboundedReceiver<ObjectRef<Guarded<Connection>>>,
+}
+
+#[derive(Clone)]
+struct Senders {
+    projects: Trigger<Guarded<Project>>,
+    environments: Trigger<Guarded<Environment>>,
+    services: Trigger<Guarded<Service>>,
+    connections: Trigger<Guarded<Connection>>,
+}
+
+fn send<K: Resource<DynamicType = ()>>(tx: &Trigger<Guarded<K>>, name: &str, namespace: Option<&str>) {
+    let r = ObjectRef::<Guarded<K>>::new(name);
+    // A closed channel means the controller stopped (shutdown); nothing to do.
+    let _ = tx.send(match namespace {
+        Some(ns) => r.within(ns),
+        None => r,
+    });
+}
+
+/// The controller owner (kind, name) of a child, if it is a Mahler object.
+fn mahler_owner<K: Resource>(child: &K) -> Option<(String, String)> {
+    child.owner_references().iter().find(|o| o.controller == Some(true) && o.api_version.starts_with(GROUP)).map(|o| (o.kind.clone(), o.name.clone()))
+}
+
+/// Starts nothing yet: returns the caches, one future driving every watch
+/// (spawn it), and the routed triggers for the controllers.
+pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'static, Router) {
+    const BUFFER: usize = 1024;
+    let (projects, projects_w) = reflector::store_shared::<Guarded<Project>>(BUFFER);
+    let (environments, environments_w) = reflector::store_shared::<Guarded<Environment>>(BUFFER);
+    let (services, services_w) = reflector::store_shared::<Guarded<Service>>(BUFFER);
+    let (connections, connections_w) = reflector::store_shared::<Guarded<Connection>>(BUFFER);
+    let (namespaces, namespaces_w) = reflector::store::<Namespace>();
+    let (deployments, deployments_w) = reflector::store::<Deployment>();
+    let (kube_services, kube_services_w) = reflector::store::<KubeService>();
+    let (network_policies, network_policies_w) = reflector::store::<NetworkPolicy>();
+
+    let subscriptions = Subscriptions {
+        projects: projects_w.subscribe().expect("shared store"),
+        environments: environments_w.subscribe().expect("shared store"),
+        services: services_w.subscribe().expect("shared store"),
+        connections: connections_w.subscribe().expect("shared store"),
+    };
+    let (p_tx, p_rx) = mpsc::unbounded_channel();
+    let (e_tx, e_rx) = mpsc::unbounded_channel();
+    let (s_tx, s_rx) = mpsc::unbounded_channel();
+    let (c_tx, c_rx) = mpsc::unbounded_channel();
+    let tx = Senders { projects: p_tx, environments: e_tx, services: s_tx, connections: c_tx };
+    let caches = Caches { projects, environments, services, connections, namespaces, deployments, kube_services, network_policies };
+
+    let all = watcher::Config::default();
+    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+
+    let feeds = {
+        let (c, t) = (caches.clone(), tx.clone());
+        let projects = feed(Api::all(client.clone()), all.clone(), projects_w, move |p: &Guarded<Project>| {
+            for env in c.environments_of(&p.name_any()) {
+                send::<Environment>(&t.environments, &env.name_any(), None);
+            }
+        });
+        let t = tx.clone();
+        let environments = feed(Api::all(client.clone()), all.clone(), environments_w, move |e: &Guarded<Environment>| {
+            if let Some(env) = valid_ref(e) {
+                send::<Project>(&t.projects, &env.spec.project, None);
+            }
+        });
+        let (c, t) = (caches.clone(), tx.clone());
+        let services = feed(Api::all(client.clone()), all.clone(), services_w, move |s: &Guarded<Service>| {
+            let (name, ns) = (s.name_any(), s.namespace().unwrap_or_default());
+            for conn in c.connections_in(&ns) {
+                if conn.spec.to == name || conn.spec.from == name {
+                    send::<Connection>(&t.connections, &conn.name_any(), Some(&ns));
+                }
+                if conn.spec.to == name {
+                    send::<Service>(&t.services, &conn.spec.from, Some(&ns));
+                }
+            }
+        });
+        let (c, t) = (caches.clone(), tx.clone());
+        let connections = feed(Api::all(client.clone()), all.clone(), connections_w, move |g: &Guarded<Connection>| {
+            let Some(conn) = valid_ref(g) else { return };
+            let ns = g.namespace().unwrap_or_default();
+            send::<Service>(&t.services, &conn.spec.from, Some(&ns));
+            // Siblings share the variable namespace of `from`: a change here can
+            // resolve or cause their conflicts.
+            for sibling in c.connections_in(&ns).iter().filter(|s| s.spec.from == conn.spec.from) {
+                send::<Connection>(&t.connections, &sibling.name_any(), Some(&ns));
+            }
+        });
+        let t = tx.clone();
+        let namespaces = feed(Api::all(client.clone()), managed.clone(), namespaces_w, move |ns: &Namespace| {
+            if let Some(env) = ns.labels().get(ENVIRONMENT_LABEL) {
+                send::<Environment>(&t.environments, env, None);
+            }
+        });
+        let t = tx.clone();
+        let deployments = feed(Api::all(client.clone()), managed.clone(), deployments_w, move |d: &Deployment| {
+            if let Some((kind, name)) = mahler_owner(d).filter(|(k, _)| k == "Service") {
+                let _ = kind;
+                send::<Service>(&t.services, &name, d.namespace().as_deref());
+            }
+        });
+        let t = tx.clone();
+        let kube_services = feed(Api::all(client.clone()), managed.clone(), kube_services_w, move |s: &KubeService| {
+            if let Some((_, name)) = mahler_owner(s).filter(|(k, _)| k == "Service") {
+                send::<Service>(&t.services, &name, s.namespace().as_deref());
+            }
+        });
+        let t = tx;
+        let network_policies = feed(Api::all(client), managed, network_policies_w, move |np: &NetworkPolicy| match mahler_owner(np) {
+            Some((kind, name)) if kind == "Environment" => send::<Environment>(&t.environments, &name, None),
+            Some((kind, name)) if kind == "Connection" => send::<Connection>(&t.connections, &name, np.namespace().as_deref()),
+            _ => {}
+        });
+        async move {
+            futures::join!(projects, environments, services, connections, namespaces, deployments, kube_services, network_policies);
+        }
+    };
+
+    let router = Router { subscriptions, projects: p_rx, environments: e_rx, services: s_rx, connections: c_rx };
+    (caches, feeds, router)
+}
+
+/// Drives one watch into its cache, calling `route` for every object touched
+/// (applied or deleted) after the cache has been updated.
+fn feed<K>(api: Api<K>, config: watcher::Config, writer: Writer<K>, route: impl Fn(&K) + Send + 'static) -> impl Future<Output = ()> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    watcher(api, config)
+        .default_backoff()
+        .modify(|obj| {
+            // Caches hold what reconcilers read, not the write history.
+            obj.meta_mut().managed_fields = None;
+            if let Some(a) = obj.meta_mut().annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+        .reflect_shared(writer)
+        .touched_objects()
+        .for_each(move |res| {
+            match res {
+                Ok(obj) => route(&obj),
+                Err(error) => warn!(%kind, %error, "watch error; retrying with backoff"),
+            }
+            future::ready(())
+        })
+}

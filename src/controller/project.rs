@@ -1,0 +1,58 @@
+//! Project reconciler: lists the Project's Environments in status; on
+//! deletion deletes them and waits until they are gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use super::{Context, Error, Guarded, apply, decoded, finalizer, observe, status};
+use crate::crd::{Health, Project, ProjectStatus};
+
+pub async fn reconcile(guard: Arc<Guarded<Project>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let project = match decoded(&ctx, &guard).await {
+        Ok(p) => p,
+        Err(action) => return Ok(action),
+    };
+    observe(&ctx, "Project", project.as_ref(), pass(&project, &ctx)).await
+}
+
+#[tracing::instrument(skip_all, fields(project = %project.name_any()))]
+async fn pass(project: &Project, ctx: &Context) -> Result<Action, Error> {
+    let mut environments = ctx.caches.environments_of(&project.name_any());
+    environments.sort_by_key(|e| e.name_any());
+    let names: Vec<String> = environments.iter().map(|e| e.name_any()).collect();
+
+    if project.meta().deletion_timestamp.is_some() {
+        if environments.is_empty() {
+            finalizer::remove(ctx, project).await?;
+            return Ok(Action::await_change());
+        }
+        for env in environments.iter() {
+            apply::delete(ctx, env).await?;
+        }
+        let health = Health::progressing("Deleting", format!("waiting for environments to be deleted: {}", names.join(", ")));
+        write_status(ctx, project, &health, names).await?;
+        // Environment deletions route back here; the requeue is a backstop.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+
+    finalizer::ensure(ctx, project).await?;
+    let health = Health::ready(format!("{} environment(s)", names.len()));
+    write_status(ctx, project, &health, names).await?;
+    Ok(ctx.resync())
+}
+
+async fn write_status(ctx: &Context, project: &Project, health: &Health, environments: Vec<String>) -> Result<(), Error> {
+    let current = project.status.as_ref();
+    let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let status = ProjectStatus {
+        observed_generation: project.meta().generation,
+        conditions: status::conditions(ctx, project, existing, health).await,
+        environments,
+    };
+    status::patch_status(ctx, project, current, &status).await
+}
+
+use kube::Resource;

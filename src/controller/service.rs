@@ -1,0 +1,119 @@
+//! Service reconciler: an image Service becomes a Deployment (with the
+//! variables its Connections inject) and a ClusterIP Service; status follows
+//! the rollout.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service as KubeService;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::{Context, Error, Guarded, ScopedApi, apply, decoded, observe, status};
+use crate::crd::{Connection, Health, Service, ServiceStatus};
+use crate::workload::{self, Rollout};
+
+pub async fn reconcile(guard: Arc<Guarded<Service>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let svc = match decoded(&ctx, &guard).await {
+        Ok(s) => s,
+        Err(action) => return Ok(action),
+    };
+    observe(&ctx, "Service", svc.as_ref(), pass(&svc, &ctx)).await
+}
+
+#[tracing::instrument(skip_all, fields(service = %svc.name_any(), namespace = svc.namespace().unwrap_or_default()))]
+async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
+    if svc.meta().deletion_timestamp.is_some() {
+        // Children carry owner references; the garbage collector removes them.
+        return Ok(Action::await_change());
+    }
+    let ns = svc.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = svc.name_any();
+    let connections = ctx.caches.connections_in(&ns);
+    let conn_refs: Vec<&Connection> = connections.iter().collect();
+    let targets: Vec<Service> = connections.iter().filter(|c| c.spec.from == name).filter_map(|c| ctx.caches.service(&ns, &c.spec.to)).collect();
+    let edges = workload::resolve_edges(svc, &conn_refs, |n| targets.iter().find(|t| t.name_any() == n), &ctx.settings.cluster_domain);
+    let connected_to = edges.connected_to(&conn_refs);
+
+    let mut status = ServiceStatus {
+        observed_generation: svc.meta().generation,
+        url: workload::service_url(svc, &ctx.settings.cluster_domain),
+        image: workload::image(svc).ok().map(str::to_string),
+        replicas: Some(svc.spec.replicas.unwrap_or(1)),
+        connected_to,
+        ..Default::default()
+    };
+
+    let deployment = match workload::desired_deployment(svc, &edges) {
+        Ok(d) => d,
+        Err(problem) => {
+            // Leave whatever runs now untouched: no half-applied change.
+            let (reason, message) = problem.reason_and_message();
+            return finish(ctx, svc, status, Health::stalled(reason, message)).await;
+        }
+    };
+    let observed_deploy = owned_child::<Deployment>(ctx, &ctx.caches.deployments, svc).await?;
+    let observed_svc = owned_child::<KubeService>(ctx, &ctx.caches.kube_services, svc).await?;
+    if let Some(conflict) = [observed_deploy.as_ref().err(), observed_svc.as_ref().err()].into_iter().flatten().next() {
+        return finish(ctx, svc, status, Health::stalled("NameConflict", conflict.clone())).await;
+    }
+    let (observed_deploy, observed_svc) = (observed_deploy.ok().flatten(), observed_svc.ok().flatten());
+
+    let mut wrote = apply::apply(ctx, deployment, observed_deploy.as_deref()).await?;
+    match (workload::desired_kube_service(svc), &observed_svc) {
+        (Some(desired), observed) => wrote |= apply::apply(ctx, desired, observed.as_deref()).await?,
+        (None, Some(stale)) => apply::delete(ctx, stale.as_ref()).await?,
+        (None, None) => {}
+    }
+
+    let health = match observed_deploy.as_deref().map(workload::rollout) {
+        _ if wrote => Health::progressing("RollingOut", "applied a new revision; waiting for the rollout"),
+        None => Health::progressing("RollingOut", "waiting for the Deployment to be created"),
+        Some(Rollout::InProgress { message, available }) => {
+            status.available_replicas = Some(available);
+            Health::progressing("RollingOut", message)
+        }
+        Some(Rollout::Failed { message }) => Health::stalled("RolloutFailed", message),
+        Some(Rollout::Complete { available }) => {
+            status.available_replicas = Some(available);
+            let at = status.url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default();
+            Health::ready(format!("{available} replica(s) available{at}"))
+        }
+    };
+    finish(ctx, svc, status, health).await
+}
+
+async fn finish(ctx: &Context, svc: &Service, mut status: ServiceStatus, health: Health) -> Result<Action, Error> {
+    let current = svc.status.as_ref();
+    let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if status.available_replicas.is_none() {
+        status.available_replicas = current.and_then(|s| s.available_replicas);
+    }
+    status.conditions = status::conditions(ctx, svc, existing, &health).await;
+    status::patch_status(ctx, svc, current, &status).await?;
+    Ok(ctx.resync())
+}
+
+/// The child named after `svc` if it is ours (`Ok(Some)`), absent
+/// (`Ok(None)`), or `Err(message)` when an object of that name belongs to
+/// someone else. The cache only holds Mahler-labelled objects, so a miss is
+/// confirmed with one GET.
+async fn owned_child<K>(ctx: &Context, cache: &Store<K>, svc: &Service) -> Result<Result<Option<Arc<K>>, String>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K::Scope: ScopedApi,
+{
+    let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+    let uid = svc.uid().unwrap_or_default();
+    let found = match cache.get(&ObjectRef::new(&name).within(&ns)) {
+        Some(obj) => Some(obj),
+        None => K::Scope::api::<K>(ctx.client.clone(), Some(&ns)).get_opt(&name).await.map_err(Error::Kube)?.map(Arc::new),
+    };
+    Ok(match found {
+        None => Ok(None),
+        Some(obj) if obj.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true)) => Ok(Some(obj)),
+        Some(_) => Err(format!("a {} named {name} already exists in {ns} and is not managed by this Service", K::kind(&()))),
+    })
+}
