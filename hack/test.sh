@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make test`: unit tests, then the end-to-end tests against one real local
+# cluster started for this run and removed afterwards.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+export MAHLER_TOOLS_DIR
+MAHLER_TOOLS_DIR=$(hack/tools.sh dir)
+
+echo ">> unit tests"
+cargo test --lib --bins --test crds
+
+name=test-$$
+export MAHLER_CLUSTER_DIR
+MAHLER_CLUSTER_DIR=$(mktemp -d /tmp/mahler-test.XXXXXX)
+export MAHLER_TEST_DIR=$MAHLER_CLUSTER_DIR/$name
+cleanup() {
+  if [[ -f $MAHLER_TEST_DIR/operator.pid ]]; then kill "$(cat "$MAHLER_TEST_DIR/operator.pid")" 2>/dev/null || true; fi
+  if [[ ${KEEP_CLUSTER:-} == 1 ]]; then echo "kept cluster: $MAHLER_TEST_DIR"; return; fi
+  hack/cluster.sh down "$name" >/dev/null 2>&1 || true
+  rm -rf "$MAHLER_CLUSTER_DIR"
+}
+trap cleanup EXIT
+
+echo ">> starting the test cluster"
+hack/cluster.sh up "$name" >/dev/null
+echo ">> end-to-end tests (operator log: $MAHLER_TEST_DIR/operator.log)"
+if ! cargo test --test e2e -- --test-threads="${E2E_THREADS:-4}"; then
+  echo ">> operator log (last 80 lines):"
+  tail -n 80 "$MAHLER_TEST_DIR/operator.log" || true
+  exit 1
+fi

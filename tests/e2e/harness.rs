@@ -1,0 +1,207 @@
+//! The shared test cluster and operator.
+//!
+//! `hack/test.sh` starts one real cluster (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok) and sets MAHLER_TEST_DIR.
+//! The first test to call [`env`] installs the CRDs and the operator's RBAC,
+//! and starts the operator binary with the operator ServiceAccount's token,
+//! so the tests exercise the shipped least-privilege ClusterRole.
+//!
+//! Tests isolate themselves by project name. Tests that restart the operator
+//! or count its writes take [`exclusive`]; the rest take [`shared`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use kube::runtime::wait::{Condition, await_condition};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+static ENV: OnceLock<TestEnv> = OnceLock::new();
+static LOCK: RwLock<()> = RwLock::const_new(());
+
+pub const OPERATOR_USER: &str = "system:serviceaccount:mahler-system:mahler-operator";
+
+pub struct TestEnv {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub audit_log: PathBuf,
+    operator_kubeconfig: PathBuf,
+    operator: Mutex<Option<Child>>,
+    pub metrics_port: u16,
+}
+
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    LOCK.read().await
+}
+
+pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    LOCK.write().await
+}
+
+pub fn env() -> &'static TestEnv {
+    ENV.get_or_init(TestEnv::start)
+}
+
+impl TestEnv {
+    fn start() -> TestEnv {
+        let dir = PathBuf::from(std::env::var("MAHLER_TEST_DIR").expect("MAHLER_TEST_DIR is not set: run the end-to-end tests with `make test` (hack/test.sh starts the cluster)"));
+        let tools = PathBuf::from(std::env::var("MAHLER_TOOLS_DIR").expect("MAHLER_TOOLS_DIR is not set: run `make test`"));
+        let kubeconfig = dir.join("kubeconfig");
+        let audit_log = std::fs::read_dir(dir.join("clusters")).expect("cluster dir").next().expect("one cluster").expect("entry").path().join("logs/audit.log");
+        let kubectl = tools.join("kubectl");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let run = |args: &[&str]| kubectl_at(&kubectl, &kubeconfig, args, None);
+        run(&["apply", "-k", root.join("crds").to_str().unwrap()]);
+        run(&["wait", "--for=condition=Established", "crd", "-l", "", "--all", "--timeout=60s"]);
+        run(&["apply", "-f", root.join("manifests/namespace.yaml").to_str().unwrap(), "-f", root.join("manifests/rbac.yaml").to_str().unwrap()]);
+        let token = run(&["create", "token", "mahler-operator", "-n", "mahler-system", "--duration=12h"]);
+        let operator_kubeconfig = dir.join("operator.kubeconfig");
+        std::fs::copy(&kubeconfig, &operator_kubeconfig).expect("copy kubeconfig");
+        kubectl_at(&kubectl, &operator_kubeconfig, &["config", "set-credentials", "mahler-operator", &format!("--token={}", token.trim())], None);
+        kubectl_at(&kubectl, &operator_kubeconfig, &["config", "set-context", "--current", "--user=mahler-operator"], None);
+        let metrics_port = free_port();
+        let env = TestEnv { dir, kubeconfig, kubectl, audit_log, operator_kubeconfig, operator: Mutex::new(None), metrics_port };
+        env.start_operator();
+        env
+    }
+
+    /// Starts the operator process (leader election on, 2 s resync).
+    pub fn start_operator(&self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("operator.log")).expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mahler-operator"))
+            .env("KUBECONFIG", &self.operator_kubeconfig)
+            .env("MAHLER_METRICS_ADDR", format!("127.0.0.1:{}", self.metrics_port))
+            .env("MAHLER_RESYNC_SECONDS", "2")
+            .env("MAHLER_LEASE_SECONDS", "6")
+            .env("POD_NAMESPACE", "mahler-system")
+            .env("RUST_LOG", "info,mahler=debug,kube=warn")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start mahler-operator");
+        std::fs::write(self.dir.join("operator.pid"), child.id().to_string()).expect("pid file");
+        *self.operator.lock().unwrap() = Some(child);
+    }
+
+    /// Kills the operator with SIGKILL (no graceful shutdown, no Lease release).
+    pub fn kill_operator(&self) {
+        if let Some(mut child) = self.operator.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        kubectl_at(&self.kubectl, &self.kubeconfig, args, None)
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        kubectl_at(&self.kubectl, &self.kubeconfig, &["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// `kubectl apply` that is expected to fail; returns its stderr.
+    pub fn apply_rejected(&self, yaml: &str) -> String {
+        let out = kubectl_output(&self.kubectl, &self.kubeconfig, &["apply", "-f", "-"], Some(yaml));
+        assert!(!out.status.success(), "expected kubectl apply to be rejected:\n{yaml}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub async fn client(&self) -> Client {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("client config");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Lines of the API server audit log written by the operator.
+    pub fn operator_writes(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["user"]["username"] == OPERATOR_USER)
+            .filter(|e| e["objectRef"]["resource"] != "leases")
+            .collect()
+    }
+
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)]).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("kubectl output")
+}
+
+fn kubectl_at(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl_output(kubectl, kubeconfig, args, stdin);
+    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits (event-driven, no polling sleeps) until `cond` holds for the object.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Condition<K>) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    match tokio::time::timeout(Duration::from_secs(60), await_condition(api.clone(), name, cond)).await {
+        Ok(Ok(Some(obj))) => obj,
+        Ok(Ok(None)) => panic!("{name}: deleted while waiting for {what}"),
+        Ok(Err(e)) => panic!("{name}: watch failed while waiting for {what}: {e}"),
+        Err(_) => {
+            let current = api.get_opt(name).await.ok().flatten();
+            panic!("{name}: timed out waiting for {what}; current object: {current:#?}")
+        }
+    }
+}
+
+/// Waits until the object is gone.
+pub async fn wait_deleted<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let gone_any = await_condition(api.clone(), name, |obj: Option<&K>| obj.is_none());
+    if tokio::time::timeout(Duration::from_secs(90), gone_any).await.is_err() {
+        let current = api.get_opt(name).await.ok().flatten();
+        panic!("{name}: not deleted within 90s; current object: {current:#?}");
+    }
+}
+
+/// The kstatus Ready condition is True for the current generation.
+pub fn is_ready<K: Resource>(status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> impl Condition<K> {
+    move |obj: Option<&K>| {
+        obj.is_some_and(|o| {
+            status_of(o).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == o.meta().generation))
+        })
+    }
+}
+
+/// The Ready condition is False with this reason.
+pub fn has_reason<K: Resource>(reason: &'static str, status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> impl Condition<K> {
+    move |obj: Option<&K>| obj.is_some_and(|o| status_of(o).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason)))
+}
