@@ -50,37 +50,84 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("mahler");
         let reconciles = Family::<ResultLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
-        registry.register("reconciles", "Reconcile passes by kind and result (ok, error)", reconciles.clone());
-        registry.register("reconcile_errors", "Reconcile errors by kind and reason", errors.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconcile pass", durations.clone());
-        registry.register("kube_writes", "Writes the operator sent to the Kubernetes API, by object kind and verb", writes.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Metrics { registry, reconciles, errors, durations, writes, leader }
+        registry.register(
+            "reconciles",
+            "Reconcile passes by kind and result (ok, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by kind and reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile pass",
+            durations.clone(),
+        );
+        registry.register(
+            "kube_writes",
+            "Writes the operator sent to the Kubernetes API, by object kind and verb",
+            writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            durations,
+            writes,
+            leader,
+        }
     }
 }
 
 impl Metrics {
     pub fn reconciled(&self, kind: &str, elapsed: Duration, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.reconciles.get_or_create(&ResultLabels { kind: kind.into(), result: result.into() }).inc();
-        self.durations.get_or_create(&KindLabels { kind: kind.into() }).observe(elapsed.as_secs_f64());
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn failed(&self, kind: &str, reason: &str) {
-        self.errors.get_or_create(&ErrorLabels { kind: kind.into(), reason: reason.into() }).inc();
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn wrote(&self, kind: &str, verb: &str) {
-        self.writes.get_or_create(&WriteLabels { kind: kind.into(), verb: verb.into() }).inc();
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.into(),
+                verb: verb.into(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -96,8 +143,13 @@ mod tests {
         m.failed("Service", "kube_api");
         m.wrote("Deployment", "apply");
         let text = m.encode();
-        assert!(text.contains(r#"mahler_reconciles_total{kind="Service",result="ok"} 1"#), "{text}");
-        assert!(text.contains(r#"mahler_reconcile_errors_total{kind="Service",reason="kube_api"} 1"#));
+        assert!(
+            text.contains(r#"mahler_reconciles_total{kind="Service",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mahler_reconcile_errors_total{kind="Service",reason="kube_api"} 1"#)
+        );
         assert!(text.contains(r#"mahler_kube_writes_total{kind="Deployment",verb="apply"} 1"#));
     }
 }

@@ -24,7 +24,11 @@ use crate::crd::{Connection, Environment, Project, Service};
 use crate::metrics::Metrics;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mahler-operator", version, about = "Runs the Mahler controllers")]
+#[command(
+    name = "mahler-operator",
+    version,
+    about = "Runs the Mahler controllers"
+)]
 pub struct Args {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "MAHLER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -65,7 +69,8 @@ struct Health {
 }
 
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().flatten_event(true).init();
@@ -82,20 +87,27 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(signal_shutdown(shutdown_tx));
 
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr).await.map_err(|e| format!("binding {}: {e}", args.metrics_addr))?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("binding {}: {e}", args.metrics_addr))?;
     info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz, /readyz");
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(serve_ready))
-        .with_state(Health { metrics: metrics.clone(), ready: ready.clone() });
+        .with_state(Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             error!(%error, "HTTP server stopped");
         }
     });
 
-    let client = Client::try_default().await.map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
     if !wait_for_crds(&client, shutdown_rx.clone()).await {
         return Ok(());
     }
@@ -122,7 +134,12 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         .with_field_manager(crate::FIELD_MANAGER)
         .build()
         .await
-        .map_err(|e| format!("leader election on Lease {}/{}: {e}", args.lease_namespace, args.lease_name))?;
+        .map_err(|e| {
+            format!(
+                "leader election on Lease {}/{}: {e}",
+                args.lease_namespace, args.lease_name
+            )
+        })?;
     let (mut leader, lease_task) = lease.watch().await;
     info!(%identity, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "waiting to become leader");
     let mut shutdown = shutdown_rx.clone();
@@ -182,10 +199,34 @@ async fn missing_crds(client: &Client) -> Result<Vec<String>, kube::Error> {
     let mut missing = Vec::new();
     let probe = ListParams::default().limit(1);
     for (name, result) in [
-        (Project::crd_name(), Api::<Project>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
-        (Environment::crd_name(), Api::<Environment>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
-        (Service::crd_name(), Api::<Service>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
-        (Connection::crd_name(), Api::<Connection>::all(client.clone()).list_metadata(&probe).await.map(|_| ())),
+        (
+            Project::crd_name(),
+            Api::<Project>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            Environment::crd_name(),
+            Api::<Environment>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            Service::crd_name(),
+            Api::<Service>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            Connection::crd_name(),
+            Api::<Connection>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(|_| ()),
+        ),
     ] {
         match result {
             Ok(()) => {}
@@ -197,18 +238,29 @@ async fn missing_crds(client: &Client) -> Result<Vec<String>, kube::Error> {
 }
 
 async fn serve_metrics(State(h): State<Health>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.encode(),
+    )
 }
 
 async fn serve_ready(State(h): State<Health>) -> impl IntoResponse {
-    if h.ready.load(Ordering::Acquire) { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "waiting for CRDs") }
+    if h.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for CRDs")
+    }
 }
 
 async fn signal_shutdown(tx: watch::Sender<bool>) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -222,7 +274,9 @@ async fn until_true(mut rx: watch::Receiver<bool>) {
 }
 
 fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "mahler".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "mahler".into());
     format!("{host}-{}", std::process::id())
 }
 

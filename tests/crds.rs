@@ -7,7 +7,11 @@ fn committed_crds_are_up_to_date() {
     for crd in mahler::crd::all() {
         let file = dir.join(mahler::crd::file_name(&crd));
         let committed = std::fs::read_to_string(&file).unwrap_or_default();
-        assert!(committed == mahler::crd::to_yaml(&crd), "{} is stale: run `make crds` and commit the result", file.display());
+        assert!(
+            committed == mahler::crd::to_yaml(&crd),
+            "{} is stale: run `make crds` and commit the result",
+            file.display()
+        );
     }
 }
 
@@ -15,11 +19,37 @@ fn committed_crds_are_up_to_date() {
 fn every_kind_has_the_mahler_category_short_name_and_status() {
     for crd in mahler::crd::all() {
         let names = &crd.spec.names;
-        assert_eq!(names.categories.as_deref(), Some(&["mahler".to_string()][..]), "{}", names.kind);
-        assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{}", names.kind);
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["mahler".to_string()][..]),
+            "{}",
+            names.kind
+        );
+        assert!(
+            names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+            "{}",
+            names.kind
+        );
         let version = &crd.spec.versions[0];
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{}", names.kind);
-        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert!(columns.contains(&"Ready"), "{} has no Ready column", names.kind);
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{}",
+            names.kind
+        );
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(
+            columns.contains(&"Ready"),
+            "{} has no Ready column",
+            names.kind
+        );
     }
 }

@@ -30,7 +30,9 @@ where
     K::Scope: ScopedApi,
 {
     let hash = hash_of(&desired)?;
-    desired.annotations_mut().insert(APPLIED_HASH.to_string(), hash);
+    desired
+        .annotations_mut()
+        .insert(APPLIED_HASH.to_string(), hash);
     if let Some(observed) = observed
         && up_to_date(&desired, observed)?
     {
@@ -40,9 +42,13 @@ where
     let mut body = serde_json::to_value(&desired).map_err(Error::Serialize)?;
     body["apiVersion"] = Value::String(K::api_version(&()).into_owned());
     body["kind"] = Value::String(K::kind(&()).into_owned());
-    api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(Error::Kube)?;
+    api.patch(
+        &desired.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Kube)?;
     ctx.metrics.wrote(&K::kind(&()), "apply");
     Ok(true)
 }
@@ -58,7 +64,10 @@ where
     }
     let api: Api<K> = api_for(&ctx.client, observed);
     ctx.metrics.wrote(&K::kind(&()), "delete");
-    match api.delete(&observed.name_any(), &DeleteParams::background()).await {
+    match api
+        .delete(&observed.name_any(), &DeleteParams::background())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(Error::Kube(e)),
@@ -88,7 +97,9 @@ pub fn is_subset(desired: &Value, observed: &Value) -> bool {
             None => is_empty(dv),
         }),
         (Value::Object(d), Value::Null) => d.is_empty(),
-        (Value::Array(d), Value::Array(o)) => d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov)),
+        (Value::Array(d), Value::Array(o)) => {
+            d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov))
+        }
         (Value::Array(d), Value::Null) => d.is_empty(),
         (Value::String(d), Value::String(o)) => d == o || quantities_equal(d, o),
         (d, o) => d == o,
@@ -124,7 +135,9 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
         ("E", 1e18),
     ];
     let s = s.trim();
-    if s.is_empty() || !s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+') {
+    if s.is_empty()
+        || !s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+')
+    {
         return None;
     }
     for (suffix, factor) in SUFFIXES {
@@ -157,22 +170,40 @@ mod tests {
     #[test]
     fn changed_or_removed_values_are_drift() {
         let desired = json!({"spec": {"containers": [{"image": "x:2"}]}});
-        assert!(!is_subset(&desired, &json!({"spec": {"containers": [{"image": "x:1"}]}})));
-        assert!(!is_subset(&desired, &json!({"spec": {"containers": [{"image": "x:2"}, {"image": "sidecar"}]}})));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"containers": [{"image": "x:1"}]}})
+        ));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"containers": [{"image": "x:2"}, {"image": "sidecar"}]}})
+        ));
         assert!(!is_subset(&json!({"a": 1}), &json!({})));
     }
 
     #[test]
     fn empty_desired_collections_match_absent_fields() {
-        assert!(is_subset(&json!({"metadata": {"labels": {}}, "env": []}), &json!({"metadata": {}})));
+        assert!(is_subset(
+            &json!({"metadata": {"labels": {}}, "env": []}),
+            &json!({"metadata": {}})
+        ));
     }
 
     #[test]
     fn quantities_compare_by_value() {
         assert!(is_subset(&json!({"cpu": "0.5"}), &json!({"cpu": "500m"})));
-        assert!(is_subset(&json!({"memory": "1Gi"}), &json!({"memory": "1024Mi"})));
-        assert!(!is_subset(&json!({"memory": "1G"}), &json!({"memory": "1Gi"})));
-        assert!(!is_subset(&json!({"image": "nginx"}), &json!({"image": "nginx:1"})));
+        assert!(is_subset(
+            &json!({"memory": "1Gi"}),
+            &json!({"memory": "1024Mi"})
+        ));
+        assert!(!is_subset(
+            &json!({"memory": "1G"}),
+            &json!({"memory": "1Gi"})
+        ));
+        assert!(!is_subset(
+            &json!({"image": "nginx"}),
+            &json!({"image": "nginx:1"})
+        ));
         assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
         assert_eq!(parse_quantity("http"), None);
     }

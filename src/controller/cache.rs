@@ -61,17 +61,32 @@ impl Caches {
 
     /// Decoded Environments of a Project.
     pub fn environments_of(&self, project: &str) -> Vec<Environment> {
-        valid(self.environments.state_filter(|e| valid_ref(e).is_some_and(|e| e.spec.project == project)))
+        valid(
+            self.environments
+                .state_filter(|e| valid_ref(e).is_some_and(|e| e.spec.project == project)),
+        )
     }
 
     /// Decoded Connections in a namespace.
     pub fn connections_in(&self, namespace: &str) -> Vec<Connection> {
-        valid(self.connections.state_filter(|c| c.meta().namespace.as_deref() == Some(namespace)))
+        valid(
+            self.connections
+                .state_filter(|c| c.meta().namespace.as_deref() == Some(namespace)),
+        )
     }
 
     /// A decoded Service by namespace and name.
     pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
-        self.services.get(&ObjectRef::new(name).within(namespace)).and_then(|g| g.0.clone().ok())
+        self.services
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|g| g.0.clone().ok())
+    }
+
+    /// Whether a Mahler namespace is being deleted (writes into it would be refused).
+    pub fn namespace_terminating(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(&ObjectRef::new(namespace))
+            .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
     }
 
     pub fn project(&self, name: &str) -> Option<Arc<Guarded<Project>>> {
@@ -87,7 +102,10 @@ pub fn valid_ref<K>(guard: &Guarded<K>) -> Option<&K> {
 }
 
 fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {
-    guards.iter().filter_map(|g| g.0.as_ref().ok().cloned()).collect()
+    guards
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect()
 }
 
 /// Primary-kind streams for `Controller::for_shared_stream`.
@@ -115,7 +133,11 @@ struct Senders {
     connections: Trigger<Guarded<Connection>>,
 }
 
-fn send<K: Resource<DynamicType = ()>>(tx: &Trigger<Guarded<K>>, name: &str, namespace: Option<&str>) {
+fn send<K: Resource<DynamicType = ()>>(
+    tx: &Trigger<Guarded<K>>,
+    name: &str,
+    namespace: Option<&str>,
+) {
     let r = ObjectRef::<Guarded<K>>::new(name);
     // A closed channel means the controller stopped (shutdown); nothing to do.
     let _ = tx.send(match namespace {
@@ -126,7 +148,11 @@ fn send<K: Resource<DynamicType = ()>>(tx: &Trigger<Guarded<K>>, name: &str, nam
 
 /// The controller owner (kind, name) of a child, if it is a Mahler object.
 fn mahler_owner<K: Resource>(child: &K) -> Option<(String, String)> {
-    child.owner_references().iter().find(|o| o.controller == Some(true) && o.api_version.starts_with(GROUP)).map(|o| (o.kind.clone(), o.name.clone()))
+    child
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.api_version.starts_with(GROUP))
+        .map(|o| (o.kind.clone(), o.name.clone()))
 }
 
 /// Starts nothing yet: returns the caches, one future driving every watch
@@ -152,85 +178,167 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     let (e_tx, e_rx) = mpsc::unbounded_channel();
     let (s_tx, s_rx) = mpsc::unbounded_channel();
     let (c_tx, c_rx) = mpsc::unbounded_channel();
-    let tx = Senders { projects: p_tx, environments: e_tx, services: s_tx, connections: c_tx };
-    let caches = Caches { projects, environments, services, connections, namespaces, deployments, kube_services, network_policies };
+    let tx = Senders {
+        projects: p_tx,
+        environments: e_tx,
+        services: s_tx,
+        connections: c_tx,
+    };
+    let caches = Caches {
+        projects,
+        environments,
+        services,
+        connections,
+        namespaces,
+        deployments,
+        kube_services,
+        network_policies,
+    };
 
     let all = watcher::Config::default();
     let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
 
     let feeds = {
         let (c, t) = (caches.clone(), tx.clone());
-        let projects = feed(Api::all(client.clone()), all.clone(), projects_w, move |p: &Guarded<Project>| {
-            for env in c.environments_of(&p.name_any()) {
-                send::<Environment>(&t.environments, &env.name_any(), None);
-            }
-        });
-        let t = tx.clone();
-        let environments = feed(Api::all(client.clone()), all.clone(), environments_w, move |e: &Guarded<Environment>| {
-            if let Some(env) = valid_ref(e) {
-                send::<Project>(&t.projects, &env.spec.project, None);
-            }
-        });
-        let (c, t) = (caches.clone(), tx.clone());
-        let services = feed(Api::all(client.clone()), all.clone(), services_w, move |s: &Guarded<Service>| {
-            let (name, ns) = (s.name_any(), s.namespace().unwrap_or_default());
-            for conn in c.connections_in(&ns) {
-                if conn.spec.to == name || conn.spec.from == name {
-                    send::<Connection>(&t.connections, &conn.name_any(), Some(&ns));
+        let projects = feed(
+            Api::all(client.clone()),
+            all.clone(),
+            projects_w,
+            move |p: &Guarded<Project>| {
+                for env in c.environments_of(&p.name_any()) {
+                    send::<Environment>(&t.environments, &env.name_any(), None);
                 }
-                if conn.spec.to == name {
-                    send::<Service>(&t.services, &conn.spec.from, Some(&ns));
+            },
+        );
+        let t = tx.clone();
+        let environments = feed(
+            Api::all(client.clone()),
+            all.clone(),
+            environments_w,
+            move |e: &Guarded<Environment>| {
+                if let Some(env) = valid_ref(e) {
+                    send::<Project>(&t.projects, &env.spec.project, None);
                 }
-            }
-        });
+            },
+        );
         let (c, t) = (caches.clone(), tx.clone());
-        let connections = feed(Api::all(client.clone()), all.clone(), connections_w, move |g: &Guarded<Connection>| {
-            let Some(conn) = valid_ref(g) else { return };
-            let ns = g.namespace().unwrap_or_default();
-            send::<Service>(&t.services, &conn.spec.from, Some(&ns));
-            // Siblings share the variable namespace of `from`: a change here can
-            // resolve or cause their conflicts.
-            for sibling in c.connections_in(&ns).iter().filter(|s| s.spec.from == conn.spec.from) {
-                send::<Connection>(&t.connections, &sibling.name_any(), Some(&ns));
-            }
-        });
+        let services = feed(
+            Api::all(client.clone()),
+            all.clone(),
+            services_w,
+            move |s: &Guarded<Service>| {
+                let (name, ns) = (s.name_any(), s.namespace().unwrap_or_default());
+                for conn in c.connections_in(&ns) {
+                    if conn.spec.to == name || conn.spec.from == name {
+                        send::<Connection>(&t.connections, &conn.name_any(), Some(&ns));
+                    }
+                    if conn.spec.to == name {
+                        send::<Service>(&t.services, &conn.spec.from, Some(&ns));
+                    }
+                }
+            },
+        );
+        let (c, t) = (caches.clone(), tx.clone());
+        let connections = feed(
+            Api::all(client.clone()),
+            all.clone(),
+            connections_w,
+            move |g: &Guarded<Connection>| {
+                let Some(conn) = valid_ref(g) else { return };
+                let ns = g.namespace().unwrap_or_default();
+                send::<Service>(&t.services, &conn.spec.from, Some(&ns));
+                // Siblings share the variable namespace of `from`: a change here can
+                // resolve or cause their conflicts.
+                for sibling in c
+                    .connections_in(&ns)
+                    .iter()
+                    .filter(|s| s.spec.from == conn.spec.from)
+                {
+                    send::<Connection>(&t.connections, &sibling.name_any(), Some(&ns));
+                }
+            },
+        );
         let t = tx.clone();
-        let namespaces = feed(Api::all(client.clone()), managed.clone(), namespaces_w, move |ns: &Namespace| {
-            if let Some(env) = ns.labels().get(ENVIRONMENT_LABEL) {
-                send::<Environment>(&t.environments, env, None);
-            }
-        });
+        let namespaces = feed(
+            Api::all(client.clone()),
+            managed.clone(),
+            namespaces_w,
+            move |ns: &Namespace| {
+                if let Some(env) = ns.labels().get(ENVIRONMENT_LABEL) {
+                    send::<Environment>(&t.environments, env, None);
+                }
+            },
+        );
         let t = tx.clone();
-        let deployments = feed(Api::all(client.clone()), managed.clone(), deployments_w, move |d: &Deployment| {
-            if let Some((kind, name)) = mahler_owner(d).filter(|(k, _)| k == "Service") {
-                let _ = kind;
-                send::<Service>(&t.services, &name, d.namespace().as_deref());
-            }
-        });
+        let deployments = feed(
+            Api::all(client.clone()),
+            managed.clone(),
+            deployments_w,
+            move |d: &Deployment| {
+                if let Some((kind, name)) = mahler_owner(d).filter(|(k, _)| k == "Service") {
+                    let _ = kind;
+                    send::<Service>(&t.services, &name, d.namespace().as_deref());
+                }
+            },
+        );
         let t = tx.clone();
-        let kube_services = feed(Api::all(client.clone()), managed.clone(), kube_services_w, move |s: &KubeService| {
-            if let Some((_, name)) = mahler_owner(s).filter(|(k, _)| k == "Service") {
-                send::<Service>(&t.services, &name, s.namespace().as_deref());
-            }
-        });
+        let kube_services = feed(
+            Api::all(client.clone()),
+            managed.clone(),
+            kube_services_w,
+            move |s: &KubeService| {
+                if let Some((_, name)) = mahler_owner(s).filter(|(k, _)| k == "Service") {
+                    send::<Service>(&t.services, &name, s.namespace().as_deref());
+                }
+            },
+        );
         let t = tx;
-        let network_policies = feed(Api::all(client), managed, network_policies_w, move |np: &NetworkPolicy| match mahler_owner(np) {
-            Some((kind, name)) if kind == "Environment" => send::<Environment>(&t.environments, &name, None),
-            Some((kind, name)) if kind == "Connection" => send::<Connection>(&t.connections, &name, np.namespace().as_deref()),
-            _ => {}
-        });
+        let network_policies = feed(
+            Api::all(client),
+            managed,
+            network_policies_w,
+            move |np: &NetworkPolicy| match mahler_owner(np) {
+                Some((kind, name)) if kind == "Environment" => {
+                    send::<Environment>(&t.environments, &name, None)
+                }
+                Some((kind, name)) if kind == "Connection" => {
+                    send::<Connection>(&t.connections, &name, np.namespace().as_deref())
+                }
+                _ => {}
+            },
+        );
         async move {
-            futures::join!(projects, environments, services, connections, namespaces, deployments, kube_services, network_policies);
+            futures::join!(
+                projects,
+                environments,
+                services,
+                connections,
+                namespaces,
+                deployments,
+                kube_services,
+                network_policies
+            );
         }
     };
 
-    let router = Router { subscriptions, projects: p_rx, environments: e_rx, services: s_rx, connections: c_rx };
+    let router = Router {
+        subscriptions,
+        projects: p_rx,
+        environments: e_rx,
+        services: s_rx,
+        connections: c_rx,
+    };
     (caches, feeds, router)
 }
 
 /// Drives one watch into its cache, calling `route` for every object touched
 /// (applied or deleted) after the cache has been updated.
-fn feed<K>(api: Api<K>, config: watcher::Config, writer: Writer<K>, route: impl Fn(&K) + Send + 'static) -> impl Future<Output = ()> + Send + 'static
+fn feed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    route: impl Fn(&K) + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,

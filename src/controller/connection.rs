@@ -12,7 +12,10 @@ use super::{Context, Error, Guarded, apply, decoded, observe, status};
 use crate::crd::{Connection, ConnectionStatus, Health};
 use crate::workload::{self, EdgeOutcome};
 
-pub async fn reconcile(guard: Arc<Guarded<Connection>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<Guarded<Connection>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let conn = match decoded(&ctx, &guard).await {
         Ok(c) => c,
         Err(action) => return Ok(action),
@@ -22,22 +25,43 @@ pub async fn reconcile(guard: Arc<Guarded<Connection>>, ctx: Arc<Context>) -> Re
 
 #[tracing::instrument(skip_all, fields(connection = %conn.name_any(), namespace = conn.namespace().unwrap_or_default()))]
 async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
-    if conn.meta().deletion_timestamp.is_some() {
+    // Deleted, or its namespace is: the garbage collector / namespace
+    // controller removes the children; writing now would be refused.
+    if conn.meta().deletion_timestamp.is_some()
+        || ctx
+            .caches
+            .namespace_terminating(&conn.namespace().unwrap_or_default())
+    {
         return Ok(Action::await_change());
     }
-    let ns = conn.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = conn
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let spec = &conn.spec;
     let from = ctx.caches.service(&ns, &spec.from);
     let to = ctx.caches.service(&ns, &spec.to);
     let policy_name = workload::connection_policy_name(conn);
-    let observed_policy = ctx.caches.network_policies.get(&ObjectRef::new(&policy_name).within(&ns));
+    let observed_policy = ctx
+        .caches
+        .network_policies
+        .get(&ObjectRef::new(&policy_name).within(&ns));
 
     // The policy exists exactly while `to` listens on the port.
-    let admits = to.as_ref().filter(|t| t.spec.ports.iter().any(|p| p.port == spec.port));
-    let mut status = ConnectionStatus { observed_generation: conn.meta().generation, ..Default::default() };
+    let admits = to
+        .as_ref()
+        .filter(|t| t.spec.ports.iter().any(|p| p.port == spec.port));
+    let mut status = ConnectionStatus {
+        observed_generation: conn.meta().generation,
+        ..Default::default()
+    };
     match admits {
         Some(to) => {
-            apply::apply(ctx, workload::desired_connection_policy(conn, to), observed_policy.as_deref()).await?;
+            apply::apply(
+                ctx,
+                workload::desired_connection_policy(conn, to),
+                observed_policy.as_deref(),
+            )
+            .await?;
             status.network_policy = Some(policy_name);
         }
         None => {
@@ -48,14 +72,38 @@ async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
     }
 
     let health = match &from {
-        None => Health::stalled("SourceNotFound", format!("spec.from: Service {} does not exist in namespace {ns}", spec.from)),
+        None => Health::stalled(
+            "SourceNotFound",
+            format!(
+                "spec.from: Service {} does not exist in namespace {ns}",
+                spec.from
+            ),
+        ),
         Some(from) => {
             let siblings = ctx.caches.connections_in(&ns);
             let refs: Vec<&Connection> = siblings.iter().collect();
             let targets: Vec<_> = to.iter().cloned().collect();
-            let others: Vec<_> = siblings.iter().filter(|c| c.spec.from == spec.from && c.spec.to != spec.to).filter_map(|c| ctx.caches.service(&ns, &c.spec.to)).collect();
-            let edges = workload::resolve_edges(from, &refs, |n| targets.iter().chain(others.iter()).find(|s| s.name_any() == n), &ctx.settings.cluster_domain);
-            let outcome = edges.outcomes.get(&conn.name_any()).cloned().unwrap_or(EdgeOutcome::TargetMissing);
+            let others: Vec<_> = siblings
+                .iter()
+                .filter(|c| c.spec.from == spec.from && c.spec.to != spec.to)
+                .filter_map(|c| ctx.caches.service(&ns, &c.spec.to))
+                .collect();
+            let edges = workload::resolve_edges(
+                from,
+                &refs,
+                |n| {
+                    targets
+                        .iter()
+                        .chain(others.iter())
+                        .find(|s| s.name_any() == n)
+                },
+                &ctx.settings.cluster_domain,
+            );
+            let outcome = edges
+                .outcomes
+                .get(&conn.name_any())
+                .cloned()
+                .unwrap_or(EdgeOutcome::TargetMissing);
             let (reason, message) = outcome.reason_and_message(conn);
             if let EdgeOutcome::Injected(vars) = outcome {
                 status.variables = vars;

@@ -11,9 +11,14 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::{Context, Error, Guarded, apply, decoded, finalizer, observe, status};
 use crate::crd::{Environment, EnvironmentStatus, Health};
-use crate::environment::{DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace};
+use crate::environment::{
+    DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace,
+};
 
-pub async fn reconcile(guard: Arc<Guarded<Environment>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<Guarded<Environment>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let env = match decoded(&ctx, &guard).await {
         Ok(e) => e,
         Err(action) => return Ok(action),
@@ -24,7 +29,11 @@ pub async fn reconcile(guard: Arc<Guarded<Environment>>, ctx: Arc<Context>) -> R
 #[tracing::instrument(skip_all, fields(environment = %env.name_any()))]
 async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     let ns_name = env.namespace_name();
-    let namespace = ctx.caches.namespaces.get(&ObjectRef::new(&ns_name)).filter(|ns| owns_namespace(env, ns));
+    let namespace = ctx
+        .caches
+        .namespaces
+        .get(&ObjectRef::new(&ns_name))
+        .filter(|ns| owns_namespace(env, ns));
 
     if env.meta().deletion_timestamp.is_some() {
         let Some(namespace) = namespace else {
@@ -32,7 +41,10 @@ async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         };
         apply::delete(ctx, namespace.as_ref()).await?;
-        let health = Health::progressing("Deleting", format!("waiting for namespace {ns_name} and everything in it to be deleted"));
+        let health = Health::progressing(
+            "Deleting",
+            format!("waiting for namespace {ns_name} and everything in it to be deleted"),
+        );
         write_status(ctx, env, &health, Some(ns_name)).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
@@ -40,21 +52,41 @@ async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     finalizer::ensure(ctx, env).await?;
     let project = &env.spec.project;
     let health = match ctx.caches.project(project) {
-        None => Health::stalled("ProjectNotFound", format!("spec.project: Project {project} does not exist")),
-        Some(p) if p.meta().deletion_timestamp.is_some() => Health::progressing("ProjectDeleting", format!("Project {project} is being deleted")),
+        None => Health::stalled(
+            "ProjectNotFound",
+            format!("spec.project: Project {project} does not exist"),
+        ),
+        Some(p) if p.meta().deletion_timestamp.is_some() => Health::progressing(
+            "ProjectDeleting",
+            format!("Project {project} is being deleted"),
+        ),
         Some(_) => match namespace {
-            None if foreign_namespace_exists(ctx, env, &ns_name).await? => {
-                Health::stalled("NamespaceConflict", format!("namespace {ns_name} already exists and does not belong to this environment; delete it or rename the environment"))
-            }
+            None if foreign_namespace_exists(ctx, env, &ns_name).await? => Health::stalled(
+                "NamespaceConflict",
+                format!(
+                    "namespace {ns_name} already exists and does not belong to this environment; delete it or rename the environment"
+                ),
+            ),
             observed => {
-                let mut wrote = apply::apply(ctx, desired_namespace(env), observed.as_deref()).await?;
-                let policy = ctx.caches.network_policies.get(&ObjectRef::new(DEFAULT_DENY_POLICY).within(&ns_name));
+                let mut wrote =
+                    apply::apply(ctx, desired_namespace(env), observed.as_deref()).await?;
+                let policy = ctx
+                    .caches
+                    .network_policies
+                    .get(&ObjectRef::new(DEFAULT_DENY_POLICY).within(&ns_name));
                 wrote |= apply::apply(ctx, desired_default_deny(env), policy.as_deref()).await?;
-                let active = observed.as_ref().and_then(|ns| ns.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Active");
+                let active = observed
+                    .as_ref()
+                    .and_then(|ns| ns.status.as_ref())
+                    .and_then(|s| s.phase.as_deref())
+                    == Some("Active");
                 if active && !wrote {
                     Health::ready(format!("namespace {ns_name} is active"))
                 } else {
-                    Health::progressing("NamespacePending", format!("waiting for namespace {ns_name} to become active"))
+                    Health::progressing(
+                        "NamespacePending",
+                        format!("waiting for namespace {ns_name} to become active"),
+                    )
                 }
             }
         },
@@ -66,7 +98,11 @@ async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
 
 /// Whether a namespace of that name exists that is not ours. Only asked when
 /// the cache (Mahler-labelled namespaces) has none, i.e. before creation.
-async fn foreign_namespace_exists(ctx: &Context, env: &Environment, name: &str) -> Result<bool, Error> {
+async fn foreign_namespace_exists(
+    ctx: &Context,
+    env: &Environment,
+    name: &str,
+) -> Result<bool, Error> {
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     match api.get_opt(name).await.map_err(Error::Kube)? {
         Some(ns) => Ok(!owns_namespace(env, &ns)),
@@ -74,7 +110,12 @@ async fn foreign_namespace_exists(ctx: &Context, env: &Environment, name: &str) 
     }
 }
 
-async fn write_status(ctx: &Context, env: &Environment, health: &Health, namespace: Option<String>) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    env: &Environment,
+    health: &Health,
+    namespace: Option<String>,
+) -> Result<(), Error> {
     let current = env.status.as_ref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let status = EnvironmentStatus {

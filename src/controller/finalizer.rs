@@ -45,7 +45,12 @@ where
     if !has(obj) {
         return Ok(());
     }
-    let finalizers: Vec<String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let finalizers: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
     match write(ctx, obj, finalizers).await {
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
         other => other,
@@ -58,9 +63,17 @@ where
     K::Scope: ScopedApi,
 {
     let api: Api<K> = api_for(&ctx.client, obj);
-    let rv = obj.resource_version().ok_or(Error::MissingField("metadata.resourceVersion"))?;
+    let rv = obj
+        .resource_version()
+        .ok_or(Error::MissingField("metadata.resourceVersion"))?;
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": rv}});
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::Kube)?;
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
     ctx.metrics.wrote(&K::kind(&()), "finalizer");
     Ok(())
 }

@@ -8,9 +8,9 @@
 
 pub mod apply;
 mod cache;
-mod finalizer;
 mod connection;
 mod environment;
+mod finalizer;
 mod project;
 mod service;
 pub mod status;
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use backoff::backoff::Backoff;
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 use futures::StreamExt;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::{Client, Resource};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -65,7 +65,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { cluster_domain: "cluster.local".into(), resync: Duration::from_secs(600), concurrency: 16 }
+        Settings {
+            cluster_domain: "cluster.local".into(),
+            resync: Duration::from_secs(600),
+            concurrency: 16,
+        }
     }
 }
 
@@ -99,9 +103,26 @@ impl Error {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, caches: Caches, settings: Settings, instance: String) -> Self {
-        let reporter = Reporter { controller: "mahler-operator".into(), instance: Some(instance) };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, caches, settings, backoffs: Mutex::default(), reported_invalid: Mutex::default() }
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        settings: Settings,
+        instance: String,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "mahler-operator".into(),
+            instance: Some(instance),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            caches,
+            settings,
+            backoffs: Mutex::default(),
+            reported_invalid: Mutex::default(),
+        }
     }
 
     /// Requeue delay after a failed pass: exponential per object, 1 s to 5 min.
@@ -175,7 +196,8 @@ where
 {
     let started = Instant::now();
     let result = pass.await;
-    ctx.metrics.reconciled(kind, started.elapsed(), result.is_ok());
+    ctx.metrics
+        .reconciled(kind, started.elapsed(), result.is_ok());
     if result.is_ok() {
         ctx.succeeded(&key_of(kind, obj));
     }
@@ -194,13 +216,20 @@ where
         Err(invalid) => invalid,
     };
     let meta = &invalid.metadata;
-    let key = format!("{}/{}", meta.uid.as_deref().unwrap_or_default(), meta.resource_version.as_deref().unwrap_or_default());
+    let key = format!(
+        "{}/{}",
+        meta.uid.as_deref().unwrap_or_default(),
+        meta.resource_version.as_deref().unwrap_or_default()
+    );
     if !ctx.reported_invalid.lock().insert(key) {
         return Err(Action::await_change());
     }
     let name = meta.name.clone().unwrap_or_default();
     warn!(kind = %K::kind(&()), %name, error = %invalid.error, "object cannot be decoded");
-    let health = Health::stalled("InvalidObject", format!("the operator cannot read this object: {}", invalid.error));
+    let health = Health::stalled(
+        "InvalidObject",
+        format!("the operator cannot read this object: {}", invalid.error),
+    );
     let mut conditions = ConditionSet::default();
     conditions.apply(&health, meta.generation);
     let resource = ApiResource::erase::<K>(&());
@@ -209,7 +238,14 @@ where
         None => Api::all_with(ctx.client.clone(), &resource),
     };
     let body = serde_json::json!({"apiVersion": resource.api_version, "kind": resource.kind, "status": {"conditions": conditions.into_vec()}});
-    match api.patch_status(&name, &PatchParams::apply(crate::FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(crate::FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
         Ok(_) => ctx.metrics.wrote(&resource.kind, "apply_status"),
         Err(error) => warn!(%error, %name, "could not report an undecodable object"),
     }
@@ -235,10 +271,19 @@ where
 }
 
 fn key_of<K: Resource<DynamicType = ()>>(kind: &str, obj: &K) -> String {
-    format!("{kind}/{}/{}", obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default())
+    format!(
+        "{kind}/{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
-fn error_policy<K: Resource<DynamicType = ()>>(kind: &'static str, obj: &K, error: &Error, ctx: &Context) -> Action {
+fn error_policy<K: Resource<DynamicType = ()>>(
+    kind: &'static str,
+    obj: &K,
+    error: &Error,
+    ctx: &Context,
+) -> Action {
     ctx.metrics.failed(kind, error.metric_label());
     let delay = ctx.backoff_for(key_of(kind, obj));
     warn!(kind, name = obj.meta().name.as_deref().unwrap_or_default(), namespace = obj.meta().namespace.as_deref().unwrap_or_default(), %error, retry_in = ?delay, "reconcile failed");
@@ -247,9 +292,21 @@ fn error_policy<K: Resource<DynamicType = ()>>(kind: &'static str, obj: &K, erro
 
 /// Runs every controller until `shutdown` resolves, then drains in-flight
 /// reconciles and returns.
-pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, instance: String, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    instance: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (caches, feeds, router) = cache::start(client.clone());
-    let ctx = Arc::new(Context::new(client, metrics, caches, settings.clone(), instance));
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics,
+        caches,
+        settings.clone(),
+        instance,
+    ));
 
     // Reconciling before every cache is filled would act on a partial view
     // (e.g. strip injected variables because Connections are not listed yet).
@@ -260,30 +317,54 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, settings: Settings, inst
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let config = ControllerConfig::default().concurrency(settings.concurrency);
 
-    let projects = Controller::for_shared_stream(router.subscriptions.projects, ctx.caches.projects.clone())
-        .with_config(config.clone())
-        .reconcile_on(UnboundedReceiverStream::new(router.projects))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(project::reconcile, |o, e, c| error_policy("Project", o.as_ref(), e, &c), ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let environments = Controller::for_shared_stream(router.subscriptions.environments, ctx.caches.environments.clone())
-        .with_config(config.clone())
-        .reconcile_on(UnboundedReceiverStream::new(router.environments))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(environment::reconcile, |o, e, c| error_policy("Environment", o.as_ref(), e, &c), ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let services = Controller::for_shared_stream(router.subscriptions.services, ctx.caches.services.clone())
-        .with_config(config.clone())
-        .reconcile_on(UnboundedReceiverStream::new(router.services))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(service::reconcile, |o, e, c| error_policy("Service", o.as_ref(), e, &c), ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let connections = Controller::for_shared_stream(router.subscriptions.connections, ctx.caches.connections.clone())
-        .with_config(config)
-        .reconcile_on(UnboundedReceiverStream::new(router.connections))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(connection::reconcile, |o, e, c| error_policy("Connection", o.as_ref(), e, &c), ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+    let projects =
+        Controller::for_shared_stream(router.subscriptions.projects, ctx.caches.projects.clone())
+            .with_config(config.clone())
+            .reconcile_on(UnboundedReceiverStream::new(router.projects))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                project::reconcile,
+                |o, e, c| error_policy("Project", o.as_ref(), e, &c),
+                ctx.clone(),
+            )
+            .for_each(|_| futures::future::ready(()));
+    let environments = Controller::for_shared_stream(
+        router.subscriptions.environments,
+        ctx.caches.environments.clone(),
+    )
+    .with_config(config.clone())
+    .reconcile_on(UnboundedReceiverStream::new(router.environments))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        environment::reconcile,
+        |o, e, c| error_policy("Environment", o.as_ref(), e, &c),
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let services =
+        Controller::for_shared_stream(router.subscriptions.services, ctx.caches.services.clone())
+            .with_config(config.clone())
+            .reconcile_on(UnboundedReceiverStream::new(router.services))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                service::reconcile,
+                |o, e, c| error_policy("Service", o.as_ref(), e, &c),
+                ctx.clone(),
+            )
+            .for_each(|_| futures::future::ready(()));
+    let connections = Controller::for_shared_stream(
+        router.subscriptions.connections,
+        ctx.caches.connections.clone(),
+    )
+    .with_config(config)
+    .reconcile_on(UnboundedReceiverStream::new(router.connections))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        connection::reconcile,
+        |o, e, c| error_policy("Connection", o.as_ref(), e, &c),
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
 
     futures::join!(projects, environments, services, connections);
     feeds_task.abort();

@@ -32,7 +32,13 @@ async fn pass(project: &Project, ctx: &Context) -> Result<Action, Error> {
         for env in environments.iter() {
             apply::delete(ctx, env).await?;
         }
-        let health = Health::progressing("Deleting", format!("waiting for environments to be deleted: {}", names.join(", ")));
+        let health = Health::progressing(
+            "Deleting",
+            format!(
+                "waiting for environments to be deleted: {}",
+                names.join(", ")
+            ),
+        );
         write_status(ctx, project, &health, names).await?;
         // Environment deletions route back here; the requeue is a backstop.
         return Ok(Action::requeue(Duration::from_secs(30)));
@@ -44,7 +50,12 @@ async fn pass(project: &Project, ctx: &Context) -> Result<Action, Error> {
     Ok(ctx.resync())
 }
 
-async fn write_status(ctx: &Context, project: &Project, health: &Health, environments: Vec<String>) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    project: &Project,
+    health: &Health,
+    environments: Vec<String>,
+) -> Result<(), Error> {
     let current = project.status.as_ref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let status = ProjectStatus {

@@ -25,16 +25,33 @@ pub async fn reconcile(guard: Arc<Guarded<Service>>, ctx: Arc<Context>) -> Resul
 
 #[tracing::instrument(skip_all, fields(service = %svc.name_any(), namespace = svc.namespace().unwrap_or_default()))]
 async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
-    if svc.meta().deletion_timestamp.is_some() {
+    // Deleted, or its namespace is: the garbage collector / namespace
+    // controller removes the children; writing now would be refused.
+    if svc.meta().deletion_timestamp.is_some()
+        || ctx
+            .caches
+            .namespace_terminating(&svc.namespace().unwrap_or_default())
+    {
         // Children carry owner references; the garbage collector removes them.
         return Ok(Action::await_change());
     }
-    let ns = svc.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let ns = svc
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = svc.name_any();
     let connections = ctx.caches.connections_in(&ns);
     let conn_refs: Vec<&Connection> = connections.iter().collect();
-    let targets: Vec<Service> = connections.iter().filter(|c| c.spec.from == name).filter_map(|c| ctx.caches.service(&ns, &c.spec.to)).collect();
-    let edges = workload::resolve_edges(svc, &conn_refs, |n| targets.iter().find(|t| t.name_any() == n), &ctx.settings.cluster_domain);
+    let targets: Vec<Service> = connections
+        .iter()
+        .filter(|c| c.spec.from == name)
+        .filter_map(|c| ctx.caches.service(&ns, &c.spec.to))
+        .collect();
+    let edges = workload::resolve_edges(
+        svc,
+        &conn_refs,
+        |n| targets.iter().find(|t| t.name_any() == n),
+        &ctx.settings.cluster_domain,
+    );
     let connected_to = edges.connected_to(&conn_refs);
 
     let mut status = ServiceStatus {
@@ -56,20 +73,36 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
     };
     let observed_deploy = owned_child::<Deployment>(ctx, &ctx.caches.deployments, svc).await?;
     let observed_svc = owned_child::<KubeService>(ctx, &ctx.caches.kube_services, svc).await?;
-    if let Some(conflict) = [observed_deploy.as_ref().err(), observed_svc.as_ref().err()].into_iter().flatten().next() {
-        return finish(ctx, svc, status, Health::stalled("NameConflict", conflict.clone())).await;
+    if let Some(conflict) = [observed_deploy.as_ref().err(), observed_svc.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .next()
+    {
+        return finish(
+            ctx,
+            svc,
+            status,
+            Health::stalled("NameConflict", conflict.clone()),
+        )
+        .await;
     }
-    let (observed_deploy, observed_svc) = (observed_deploy.ok().flatten(), observed_svc.ok().flatten());
+    let (observed_deploy, observed_svc) =
+        (observed_deploy.ok().flatten(), observed_svc.ok().flatten());
 
     let mut wrote = apply::apply(ctx, deployment, observed_deploy.as_deref()).await?;
     match (workload::desired_kube_service(svc), &observed_svc) {
-        (Some(desired), observed) => wrote |= apply::apply(ctx, desired, observed.as_deref()).await?,
+        (Some(desired), observed) => {
+            wrote |= apply::apply(ctx, desired, observed.as_deref()).await?
+        }
         (None, Some(stale)) => apply::delete(ctx, stale.as_ref()).await?,
         (None, None) => {}
     }
 
     let health = match observed_deploy.as_deref().map(workload::rollout) {
-        _ if wrote => Health::progressing("RollingOut", "applied a new revision; waiting for the rollout"),
+        _ if wrote => Health::progressing(
+            "RollingOut",
+            "applied a new revision; waiting for the rollout",
+        ),
         None => Health::progressing("RollingOut", "waiting for the Deployment to be created"),
         Some(Rollout::InProgress { message, available }) => {
             status.available_replicas = Some(available);
@@ -78,14 +111,23 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         Some(Rollout::Failed { message }) => Health::stalled("RolloutFailed", message),
         Some(Rollout::Complete { available }) => {
             status.available_replicas = Some(available);
-            let at = status.url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default();
+            let at = status
+                .url
+                .as_deref()
+                .map(|u| format!(" at {u}"))
+                .unwrap_or_default();
             Health::ready(format!("{available} replica(s) available{at}"))
         }
     };
     finish(ctx, svc, status, health).await
 }
 
-async fn finish(ctx: &Context, svc: &Service, mut status: ServiceStatus, health: Health) -> Result<Action, Error> {
+async fn finish(
+    ctx: &Context,
+    svc: &Service,
+    mut status: ServiceStatus,
+    health: Health,
+) -> Result<Action, Error> {
     let current = svc.status.as_ref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     if status.available_replicas.is_none() {
@@ -100,7 +142,11 @@ async fn finish(ctx: &Context, svc: &Service, mut status: ServiceStatus, health:
 /// (`Ok(None)`), or `Err(message)` when an object of that name belongs to
 /// someone else. The cache only holds Mahler-labelled objects, so a miss is
 /// confirmed with one GET.
-async fn owned_child<K>(ctx: &Context, cache: &Store<K>, svc: &Service) -> Result<Result<Option<Arc<K>>, String>, Error>
+async fn owned_child<K>(
+    ctx: &Context,
+    cache: &Store<K>,
+    svc: &Service,
+) -> Result<Result<Option<Arc<K>>, String>, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     K::Scope: ScopedApi,
@@ -109,11 +155,25 @@ where
     let uid = svc.uid().unwrap_or_default();
     let found = match cache.get(&ObjectRef::new(&name).within(&ns)) {
         Some(obj) => Some(obj),
-        None => K::Scope::api::<K>(ctx.client.clone(), Some(&ns)).get_opt(&name).await.map_err(Error::Kube)?.map(Arc::new),
+        None => K::Scope::api::<K>(ctx.client.clone(), Some(&ns))
+            .get_opt(&name)
+            .await
+            .map_err(Error::Kube)?
+            .map(Arc::new),
     };
     Ok(match found {
         None => Ok(None),
-        Some(obj) if obj.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true)) => Ok(Some(obj)),
-        Some(_) => Err(format!("a {} named {name} already exists in {ns} and is not managed by this Service", K::kind(&()))),
+        Some(obj)
+            if obj
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true)) =>
+        {
+            Ok(Some(obj))
+        }
+        Some(_) => Err(format!(
+            "a {} named {name} already exists in {ns} and is not managed by this Service",
+            K::kind(&())
+        )),
     })
 }

@@ -19,7 +19,12 @@ use crate::FIELD_MANAGER;
 use crate::crd::{ConditionSet, Health};
 
 /// Applies `status` to `obj` if it differs from `current`.
-pub async fn patch_status<K, S>(ctx: &Context, obj: &K, current: Option<&S>, status: &S) -> Result<(), Error>
+pub async fn patch_status<K, S>(
+    ctx: &Context,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     K::Scope: ScopedApi,
@@ -34,22 +39,36 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(Error::Kube)?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Kube)?;
     ctx.metrics.wrote(&K::kind(&()), "apply_status");
     Ok(())
 }
 
 /// New conditions for `health`, and an Event when the Ready condition changed.
-pub async fn conditions<K>(ctx: &Context, obj: &K, existing: &[Condition], health: &Health) -> Vec<Condition>
+pub async fn conditions<K>(
+    ctx: &Context,
+    obj: &K,
+    existing: &[Condition],
+    health: &Health,
+) -> Vec<Condition>
 where
     K: Resource<DynamicType = ()>,
 {
-    let before = existing.iter().find(|c| c.type_ == "Ready").map(|c| (c.status.clone(), c.reason.clone()));
+    let before = existing
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()));
     let mut set = ConditionSet(existing.to_vec());
     set.apply(health, obj.meta().generation);
-    let after = set.get("Ready").map(|c| (c.status.clone(), c.reason.clone()));
+    let after = set
+        .get("Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()));
     if before != after {
         publish(ctx, obj, health).await;
     }
@@ -77,7 +96,9 @@ where
     let reference = obj.object_ref(&());
     match ctx.recorder.publish(&event, &reference).await {
         Ok(()) => ctx.metrics.wrote("Event", "event"),
-        Err(error) => tracing::warn!(%error, object = %obj.meta().name.as_deref().unwrap_or_default(), "could not publish event"),
+        Err(error) => {
+            tracing::warn!(%error, object = %obj.meta().name.as_deref().unwrap_or_default(), "could not publish event")
+        }
     }
 }
 

@@ -27,13 +27,21 @@ pub enum Health {
 
 impl Health {
     pub fn ready(message: impl Into<String>) -> Self {
-        Health::Ready { message: message.into() }
+        Health::Ready {
+            message: message.into(),
+        }
     }
     pub fn progressing(reason: &str, message: impl Into<String>) -> Self {
-        Health::Progressing { reason: reason.into(), message: message.into() }
+        Health::Progressing {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     pub fn stalled(reason: &str, message: impl Into<String>) -> Self {
-        Health::Stalled { reason: reason.into(), message: message.into() }
+        Health::Stalled {
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
     pub fn is_ready(&self) -> bool {
         matches!(self, Health::Ready { .. })
@@ -74,13 +82,28 @@ impl ConditionSet {
         self.set(READY, ready, reason, message, generation);
         // The abnormal-true conditions carry the reason only while true, so a
         // healthy object reads plainly in `kubectl describe`.
-        let (r_reason, r_msg) = if reconciling { (reason, message) } else { (READY, "") };
+        let (r_reason, r_msg) = if reconciling {
+            (reason, message)
+        } else {
+            (READY, "")
+        };
         self.set(RECONCILING, reconciling, r_reason, r_msg, generation);
-        let (s_reason, s_msg) = if stalled { (reason, message) } else { (READY, "") };
+        let (s_reason, s_msg) = if stalled {
+            (reason, message)
+        } else {
+            (READY, "")
+        };
         self.set(STALLED, stalled, s_reason, s_msg, generation);
     }
 
-    fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str, generation: Option<i64>) {
+    fn set(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: &str,
+        generation: Option<i64>,
+    ) {
         let status = if status { "True" } else { "False" }.to_string();
         let existing = self.0.iter_mut().find(|c| c.type_ == type_);
         match existing {
@@ -135,7 +158,10 @@ mod tests {
     #[test]
     fn stalled_carries_reason_on_ready_and_stalled() {
         let mut set = ConditionSet::default();
-        set.apply(&Health::stalled("ProjectNotFound", "project shop does not exist"), Some(1));
+        set.apply(
+            &Health::stalled("ProjectNotFound", "project shop does not exist"),
+            Some(1),
+        );
         assert!(!set.is_ready());
         assert_eq!(set.get(READY).unwrap().reason, "ProjectNotFound");
         assert_eq!(set.get(STALLED).unwrap().reason, "ProjectNotFound");
@@ -149,7 +175,10 @@ mod tests {
         set.apply(&Health::progressing("RollingOut", "1/2 replicas"), Some(1));
         let before = set.clone();
         set.apply(&Health::progressing("RollingOut", "1/2 replicas"), Some(1));
-        assert_eq!(before, set, "an unchanged outcome must not change the status");
+        assert_eq!(
+            before, set,
+            "an unchanged outcome must not change the status"
+        );
     }
 
     #[test]
@@ -157,7 +186,10 @@ mod tests {
         let mut set = ConditionSet::default();
         set.apply(&Health::progressing("RollingOut", "0/1"), Some(1));
         let t0 = set.get(READY).unwrap().last_transition_time.clone();
-        set.apply(&Health::progressing("RollingOut", "still 0/1, new message"), Some(1));
+        set.apply(
+            &Health::progressing("RollingOut", "still 0/1, new message"),
+            Some(1),
+        );
         assert_eq!(set.get(READY).unwrap().last_transition_time, t0);
         std::thread::sleep(std::time::Duration::from_millis(2));
         set.apply(&Health::ready("done"), Some(1));

@@ -15,19 +15,24 @@ pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
 pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus, Owner, TelemetrySpec};
 pub use project::{Member, Project, ProjectSpec, ProjectStatus, Role};
 pub use service::{
-    EnvVar, EnvVarSource, Protocol, ExposeSpec, GitSource, HealthCheck, Service, ServicePort, ServiceSpec,
-    ServiceOutputRef, ServiceStatus, Source, TemplateSource,
+    EnvVar, EnvVarSource, ExposeSpec, GitSource, HealthCheck, Protocol, Service, ServiceOutputRef,
+    ServicePort, ServiceSpec, ServiceStatus, Source, TemplateSource,
 };
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 /// The API group of every Mahler kind.
 pub const GROUP: &str = "mahler.dev";
 
 /// Every CRD Mahler serves, in the order `crdgen` writes them.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Project::crd(), Environment::crd(), Service::crd(), Connection::crd()]
+    vec![
+        Project::crd(),
+        Environment::crd(),
+        Service::crd(),
+        Connection::crd(),
+    ]
 }
 
 /// Serialises a CRD as the YAML committed in `crds/`.

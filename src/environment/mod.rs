@@ -76,7 +76,10 @@ mod tests {
     fn env() -> Environment {
         let mut e = Environment::new(
             "shop-staging",
-            EnvironmentSpec { project: "shop".into(), ..Default::default() },
+            EnvironmentSpec {
+                project: "shop".into(),
+                ..Default::default()
+            },
         );
         e.metadata.uid = Some("uid-1".into());
         e
@@ -89,7 +92,10 @@ mod tests {
         assert_eq!(ns.labels()[PROJECT_LABEL], "shop");
         assert_eq!(ns.labels()[ENVIRONMENT_LABEL], "shop-staging");
         let owner = &ns.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Environment", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Environment", "uid-1")
+        );
     }
 
     #[test]

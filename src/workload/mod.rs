@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource as KubeEnvVarSource, HTTPGetAction, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Service as KubeService, ServicePort as KubeServicePort,
-    ServiceSpec as KubeServiceSpec, TCPSocketAction,
+    Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource as KubeEnvVarSource,
+    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service as KubeService,
+    ServicePort as KubeServicePort, ServiceSpec as KubeServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -41,15 +42,34 @@ pub enum SpecProblem {
     /// `healthCheck.port` names no port.
     UnknownHealthCheckPort(String),
     /// `env[].valueFrom.serviceOutput` points at outputs that do not exist.
-    OutputUnavailable { variable: String, service: String, key: String },
+    OutputUnavailable {
+        variable: String,
+        service: String,
+        key: String,
+    },
 }
 
 impl SpecProblem {
     pub fn reason_and_message(&self) -> (&'static str, String) {
         match self {
-            SpecProblem::UnsupportedSource(kind) => ("UnsupportedSource", format!("spec.source.{kind}: this operator builds image sources only; {kind} sources are not enabled yet")),
-            SpecProblem::UnknownHealthCheckPort(p) => ("InvalidSpec", format!("spec.healthCheck.port: no port named {p} in spec.ports")),
-            SpecProblem::OutputUnavailable { variable, service, key } => ("OutputUnavailable", format!("spec.env {variable}: Service {service} publishes no output {key}")),
+            SpecProblem::UnsupportedSource(kind) => (
+                "UnsupportedSource",
+                format!(
+                    "spec.source.{kind}: this operator builds image sources only; {kind} sources are not enabled yet"
+                ),
+            ),
+            SpecProblem::UnknownHealthCheckPort(p) => (
+                "InvalidSpec",
+                format!("spec.healthCheck.port: no port named {p} in spec.ports"),
+            ),
+            SpecProblem::OutputUnavailable {
+                variable,
+                service,
+                key,
+            } => (
+                "OutputUnavailable",
+                format!("spec.env {variable}: Service {service} publishes no output {key}"),
+            ),
         }
     }
 }
@@ -67,7 +87,11 @@ fn selector(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(SERVICE_LABEL.to_string(), name.to_string())])
 }
 
-fn child_meta<K: Resource<DynamicType = ()>>(owner: &K, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+fn child_meta<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: owner.meta().namespace.clone(),
@@ -98,22 +122,33 @@ fn default_resources() -> ResourceRequirements {
 }
 
 fn probe(svc: &Service) -> Result<Option<Probe>, SpecProblem> {
-    let Some(first) = svc.spec.ports.first() else { return Ok(None) };
+    let Some(first) = svc.spec.ports.first() else {
+        return Ok(None);
+    };
     let check = svc.spec.health_check.clone().unwrap_or_default();
     let port_name = match &check.port {
-        Some(p) if !svc.spec.ports.iter().any(|sp| &sp.name == p) => return Err(SpecProblem::UnknownHealthCheckPort(p.clone())),
+        Some(p) if !svc.spec.ports.iter().any(|sp| &sp.name == p) => {
+            return Err(SpecProblem::UnknownHealthCheckPort(p.clone()));
+        }
         Some(p) => p.clone(),
         None => first.name.clone(),
     };
     let port = IntOrString::String(port_name);
     Ok(Some(match check.path {
         Some(path) => Probe {
-            http_get: Some(HTTPGetAction { path: Some(path), port, ..Default::default() }),
+            http_get: Some(HTTPGetAction {
+                path: Some(path),
+                port,
+                ..Default::default()
+            }),
             period_seconds: Some(10),
             ..Default::default()
         },
         None => Probe {
-            tcp_socket: Some(TCPSocketAction { port, ..Default::default() }),
+            tcp_socket: Some(TCPSocketAction {
+                port,
+                ..Default::default()
+            }),
             period_seconds: Some(10),
             ..Default::default()
         },
@@ -128,7 +163,11 @@ fn container_env(svc: &Service, edges: &Edges) -> Result<Vec<KubeEnvVar>, SpecPr
             Some(from) => {
                 if let Some(out) = &from.service_output {
                     // Outputs come from template Services, which this operator does not run yet.
-                    return Err(SpecProblem::OutputUnavailable { variable: var.name.clone(), service: out.service.clone(), key: out.key.clone() });
+                    return Err(SpecProblem::OutputUnavailable {
+                        variable: var.name.clone(),
+                        service: out.service.clone(),
+                        key: out.key.clone(),
+                    });
                 }
                 Some(KubeEnvVarSource {
                     secret_key_ref: from.secret_key_ref.clone(),
@@ -137,7 +176,11 @@ fn container_env(svc: &Service, edges: &Edges) -> Result<Vec<KubeEnvVar>, SpecPr
                 })
             }
         };
-        env.push(KubeEnvVar { name: var.name.clone(), value: var.value.clone(), value_from });
+        env.push(KubeEnvVar {
+            name: var.name.clone(),
+            value: var.value.clone(),
+            value_from,
+        });
     }
     env.extend(edges.env.iter().cloned());
     Ok(env)
@@ -170,17 +213,29 @@ pub fn desired_deployment(svc: &Service, edges: &Edges) -> Result<Deployment, Sp
         ports: non_empty(ports),
         resources: Some(svc.spec.resources.clone().unwrap_or_else(default_resources)),
         readiness_probe: probe.clone(),
-        liveness_probe: probe.map(|p| Probe { failure_threshold: Some(6), ..p }),
+        liveness_probe: probe.map(|p| Probe {
+            failure_threshold: Some(6),
+            ..p
+        }),
         ..Default::default()
     };
     Ok(Deployment {
         metadata: child_meta(svc, name.clone(), labels(svc)),
         spec: Some(DeploymentSpec {
             replicas: Some(svc.spec.replicas.unwrap_or(1)),
-            selector: LabelSelector { match_labels: Some(selector(&name)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector(&name)),
+                ..Default::default()
+            },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(svc)), ..Default::default() }),
-                spec: Some(PodSpec { containers: vec![container], ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(svc)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    ..Default::default()
+                }),
             },
             ..Default::default()
         }),
@@ -221,8 +276,16 @@ pub fn desired_kube_service(svc: &Service) -> Option<KubeService> {
 /// In-cluster URL of a Service's first port.
 pub fn service_url(svc: &Service, cluster_domain: &str) -> Option<String> {
     let port = svc.spec.ports.first()?;
-    let host = service_host(&svc.name_any(), &svc.namespace().unwrap_or_default(), cluster_domain);
-    Some(format!("{}://{host}:{}", url_scheme(svc, port.port), port.port))
+    let host = service_host(
+        &svc.name_any(),
+        &svc.namespace().unwrap_or_default(),
+        cluster_domain,
+    );
+    Some(format!(
+        "{}://{host}:{}",
+        url_scheme(svc, port.port),
+        port.port
+    ))
 }
 
 /// Name of the NetworkPolicy a Connection owns.
@@ -241,11 +304,17 @@ pub fn desired_connection_policy(conn: &Connection, to: &Service) -> NetworkPoli
     NetworkPolicy {
         metadata: child_meta(conn, connection_policy_name(conn), labels),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector { match_labels: Some(selector(&conn.spec.to)), ..Default::default() }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(&conn.spec.to)),
+                ..Default::default()
+            }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(LabelSelector { match_labels: Some(selector(&conn.spec.from)), ..Default::default() }),
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(selector(&conn.spec.from)),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }]),
                 ports: Some(vec![NetworkPolicyPort {
@@ -271,26 +340,48 @@ pub enum Rollout {
 pub fn rollout(deploy: &Deployment) -> Rollout {
     let desired = deploy.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let Some(status) = deploy.status.as_ref() else {
-        return Rollout::InProgress { message: "waiting for the Deployment controller".into(), available: 0 };
+        return Rollout::InProgress {
+            message: "waiting for the Deployment controller".into(),
+            available: 0,
+        };
     };
     let available = status.available_replicas.unwrap_or(0);
     if status.observed_generation.unwrap_or(0) < deploy.metadata.generation.unwrap_or(0) {
-        return Rollout::InProgress { message: "waiting for the Deployment controller to observe the new spec".into(), available };
+        return Rollout::InProgress {
+            message: "waiting for the Deployment controller to observe the new spec".into(),
+            available,
+        };
     }
     let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")) {
-        return Rollout::Failed { message: c.message.clone().unwrap_or_else(|| "rollout exceeded its progress deadline".into()) };
+    if let Some(c) = conditions.iter().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Rollout::Failed {
+            message: c
+                .message
+                .clone()
+                .unwrap_or_else(|| "rollout exceeded its progress deadline".into()),
+        };
     }
     let updated = status.updated_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
     if updated < desired {
-        return Rollout::InProgress { message: format!("{updated} of {desired} replicas updated"), available };
+        return Rollout::InProgress {
+            message: format!("{updated} of {desired} replicas updated"),
+            available,
+        };
     }
     if total > updated {
-        return Rollout::InProgress { message: format!("{} old replicas pending termination", total - updated), available };
+        return Rollout::InProgress {
+            message: format!("{} old replicas pending termination", total - updated),
+            available,
+        };
     }
     if available < updated {
-        return Rollout::InProgress { message: format!("{available} of {updated} updated replicas available"), available };
+        return Rollout::InProgress {
+            message: format!("{available} of {updated} updated replicas available"),
+            available,
+        };
     }
     Rollout::Complete { available }
 }
@@ -316,10 +407,21 @@ mod tests {
         let mut s = Service::new(
             "api",
             ServiceSpec {
-                source: Source { image: Some("registry.example/shop/api:1.4.2".into()), ..Default::default() },
+                source: Source {
+                    image: Some("registry.example/shop/api:1.4.2".into()),
+                    ..Default::default()
+                },
                 replicas: Some(2),
-                ports: vec![ServicePort { name: "http".into(), port: 8080, ..Default::default() }],
-                env: vec![EnvVar { name: "LOG_LEVEL".into(), value: Some("info".into()), value_from: None }],
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    ..Default::default()
+                }],
+                env: vec![EnvVar {
+                    name: "LOG_LEVEL".into(),
+                    value: Some("info".into()),
+                    value_from: None,
+                }],
                 ..Default::default()
             },
         );
@@ -332,7 +434,10 @@ mod tests {
     fn deployment_runs_the_image_with_ports_env_probes_and_resources() {
         let d = desired_deployment(&api(), &Edges::default()).unwrap();
         assert_eq!(d.metadata.name.as_deref(), Some("api"));
-        assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].kind, "Service");
+        assert_eq!(
+            d.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "Service"
+        );
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
         let c = &spec.template.spec.unwrap().containers[0];
@@ -340,23 +445,45 @@ mod tests {
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
         assert_eq!(c.env.as_ref().unwrap()[0].name, "LOG_LEVEL");
         let probe = c.readiness_probe.as_ref().unwrap();
-        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, IntOrString::String("http".into()));
-        assert_eq!(c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"], Quantity("50m".into()));
+        assert_eq!(
+            probe.tcp_socket.as_ref().unwrap().port,
+            IntOrString::String("http".into())
+        );
+        assert_eq!(
+            c.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"],
+            Quantity("50m".into())
+        );
     }
 
     #[test]
     fn http_health_check_uses_its_path() {
         let mut s = api();
-        s.spec.health_check = Some(HealthCheck { path: Some("/healthz".into()), port: None });
+        s.spec.health_check = Some(HealthCheck {
+            path: Some("/healthz".into()),
+            port: None,
+        });
         let d = desired_deployment(&s, &Edges::default()).unwrap();
         let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
-        assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
     }
 
     #[test]
     fn unknown_health_check_port_is_a_spec_problem() {
         let mut s = api();
-        s.spec.health_check = Some(HealthCheck { path: None, port: Some("admin".into()) });
+        s.spec.health_check = Some(HealthCheck {
+            path: None,
+            port: Some("admin".into()),
+        });
         let err = desired_deployment(&s, &Edges::default()).unwrap_err();
         assert_eq!(err.reason_and_message().0, "InvalidSpec");
         assert!(err.reason_and_message().1.contains("spec.healthCheck.port"));
@@ -365,8 +492,14 @@ mod tests {
     #[test]
     fn template_sources_are_not_built_here() {
         let mut s = api();
-        s.spec.source = Source { template: Some(Default::default()), ..Default::default() };
-        assert_eq!(desired_deployment(&s, &Edges::default()).unwrap_err(), SpecProblem::UnsupportedSource("template"));
+        s.spec.source = Source {
+            template: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            desired_deployment(&s, &Edges::default()).unwrap_err(),
+            SpecProblem::UnsupportedSource("template")
+        );
     }
 
     #[test]
@@ -374,28 +507,64 @@ mod tests {
         let svc = desired_kube_service(&api()).unwrap();
         let spec = svc.spec.unwrap();
         assert_eq!(spec.selector.unwrap()[SERVICE_LABEL], "api");
-        assert_eq!(spec.ports.unwrap()[0].target_port, Some(IntOrString::String("http".into())));
+        assert_eq!(
+            spec.ports.unwrap()[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
         let mut worker = api();
         worker.spec.ports.clear();
         assert!(desired_kube_service(&worker).is_none());
-        assert_eq!(service_url(&api(), "cluster.local").as_deref(), Some("http://api.shop-staging.svc.cluster.local:8080"));
+        assert_eq!(
+            service_url(&api(), "cluster.local").as_deref(),
+            Some("http://api.shop-staging.svc.cluster.local:8080")
+        );
     }
 
     #[test]
     fn connection_policy_admits_from_to_on_port() {
         let mut db = api();
         db.metadata.name = Some("db".into());
-        db.spec.ports = vec![ServicePort { name: "pg".into(), port: 5432, ..Default::default() }];
-        let mut c = Connection::new("api-db", ConnectionSpec { from: "api".into(), to: "db".into(), port: 5432, env_prefix: None });
+        db.spec.ports = vec![ServicePort {
+            name: "pg".into(),
+            port: 5432,
+            ..Default::default()
+        }];
+        let mut c = Connection::new(
+            "api-db",
+            ConnectionSpec {
+                from: "api".into(),
+                to: "db".into(),
+                port: 5432,
+                env_prefix: None,
+            },
+        );
         c.metadata.namespace = Some("shop-staging".into());
         c.metadata.uid = Some("c1".into());
         let np = desired_connection_policy(&c, &db);
-        assert_eq!(np.metadata.name.as_deref(), Some("mahler-connection-api-db"));
+        assert_eq!(
+            np.metadata.name.as_deref(),
+            Some("mahler-connection-api-db")
+        );
         let spec = np.spec.unwrap();
-        assert_eq!(spec.pod_selector.unwrap().match_labels.unwrap()[SERVICE_LABEL], "db");
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels.unwrap()[SERVICE_LABEL],
+            "db"
+        );
         let rule = &spec.ingress.unwrap()[0];
-        assert_eq!(rule.from.as_ref().unwrap()[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()[SERVICE_LABEL], "api");
-        assert_eq!(rule.ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(5432)));
+        assert_eq!(
+            rule.from.as_ref().unwrap()[0]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[SERVICE_LABEL],
+            "api"
+        );
+        assert_eq!(
+            rule.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(5432))
+        );
     }
 
     fn deploy(generation: i64, status: DeploymentStatus) -> Deployment {
@@ -407,12 +576,42 @@ mod tests {
 
     #[test]
     fn rollout_follows_kubectl_rollout_status() {
-        let done = DeploymentStatus { observed_generation: Some(2), replicas: Some(2), updated_replicas: Some(2), available_replicas: Some(2), ..Default::default() };
-        assert_eq!(rollout(&deploy(2, done.clone())), Rollout::Complete { available: 2 });
-        assert!(matches!(rollout(&deploy(3, done.clone())), Rollout::InProgress { .. }), "new generation not observed");
-        let surge = DeploymentStatus { replicas: Some(3), ..done.clone() };
-        assert!(matches!(rollout(&deploy(2, surge)), Rollout::InProgress { .. }), "old replicas still running");
-        let unavailable = DeploymentStatus { available_replicas: Some(1), ..done };
-        assert_eq!(rollout(&deploy(2, unavailable)), Rollout::InProgress { message: "1 of 2 updated replicas available".into(), available: 1 });
+        let done = DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            available_replicas: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            rollout(&deploy(2, done.clone())),
+            Rollout::Complete { available: 2 }
+        );
+        assert!(
+            matches!(
+                rollout(&deploy(3, done.clone())),
+                Rollout::InProgress { .. }
+            ),
+            "new generation not observed"
+        );
+        let surge = DeploymentStatus {
+            replicas: Some(3),
+            ..done.clone()
+        };
+        assert!(
+            matches!(rollout(&deploy(2, surge)), Rollout::InProgress { .. }),
+            "old replicas still running"
+        );
+        let unavailable = DeploymentStatus {
+            available_replicas: Some(1),
+            ..done
+        };
+        assert_eq!(
+            rollout(&deploy(2, unavailable)),
+            Rollout::InProgress {
+                message: "1 of 2 updated replicas available".into(),
+                available: 1
+            }
+        );
     }
 }

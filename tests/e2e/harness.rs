@@ -49,32 +49,97 @@ pub fn env() -> &'static TestEnv {
 impl TestEnv {
     fn start() -> TestEnv {
         let dir = PathBuf::from(std::env::var("MAHLER_TEST_DIR").expect("MAHLER_TEST_DIR is not set: run the end-to-end tests with `make test` (hack/test.sh starts the cluster)"));
-        let tools = PathBuf::from(std::env::var("MAHLER_TOOLS_DIR").expect("MAHLER_TOOLS_DIR is not set: run `make test`"));
+        let tools = PathBuf::from(
+            std::env::var("MAHLER_TOOLS_DIR")
+                .expect("MAHLER_TOOLS_DIR is not set: run `make test`"),
+        );
         let kubeconfig = dir.join("kubeconfig");
-        let audit_log = std::fs::read_dir(dir.join("clusters")).expect("cluster dir").next().expect("one cluster").expect("entry").path().join("logs/audit.log");
+        let audit_log = std::fs::read_dir(dir.join("clusters"))
+            .expect("cluster dir")
+            .next()
+            .expect("one cluster")
+            .expect("entry")
+            .path()
+            .join("logs/audit.log");
         let kubectl = tools.join("kubectl");
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let run = |args: &[&str]| kubectl_at(&kubectl, &kubeconfig, args, None);
         run(&["apply", "-k", root.join("crds").to_str().unwrap()]);
-        run(&["wait", "--for=condition=Established", "crd", "-l", "", "--all", "--timeout=60s"]);
-        run(&["apply", "-f", root.join("manifests/namespace.yaml").to_str().unwrap(), "-f", root.join("manifests/rbac.yaml").to_str().unwrap()]);
-        let token = run(&["create", "token", "mahler-operator", "-n", "mahler-system", "--duration=12h"]);
+        run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "-l",
+            "",
+            "--all",
+            "--timeout=60s",
+        ]);
+        run(&[
+            "apply",
+            "-f",
+            root.join("manifests/namespace.yaml").to_str().unwrap(),
+            "-f",
+            root.join("manifests/rbac.yaml").to_str().unwrap(),
+        ]);
+        let token = run(&[
+            "create",
+            "token",
+            "mahler-operator",
+            "-n",
+            "mahler-system",
+            "--duration=12h",
+        ]);
         let operator_kubeconfig = dir.join("operator.kubeconfig");
         std::fs::copy(&kubeconfig, &operator_kubeconfig).expect("copy kubeconfig");
-        kubectl_at(&kubectl, &operator_kubeconfig, &["config", "set-credentials", "mahler-operator", &format!("--token={}", token.trim())], None);
-        kubectl_at(&kubectl, &operator_kubeconfig, &["config", "set-context", "--current", "--user=mahler-operator"], None);
+        kubectl_at(
+            &kubectl,
+            &operator_kubeconfig,
+            &[
+                "config",
+                "set-credentials",
+                "mahler-operator",
+                &format!("--token={}", token.trim()),
+            ],
+            None,
+        );
+        kubectl_at(
+            &kubectl,
+            &operator_kubeconfig,
+            &[
+                "config",
+                "set-context",
+                "--current",
+                "--user=mahler-operator",
+            ],
+            None,
+        );
         let metrics_port = free_port();
-        let env = TestEnv { dir, kubeconfig, kubectl, audit_log, operator_kubeconfig, operator: Mutex::new(None), metrics_port };
+        let env = TestEnv {
+            dir,
+            kubeconfig,
+            kubectl,
+            audit_log,
+            operator_kubeconfig,
+            operator: Mutex::new(None),
+            metrics_port,
+        };
         env.start_operator();
         env
     }
 
     /// Starts the operator process (leader election on, 2 s resync).
     pub fn start_operator(&self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("operator.log")).expect("operator log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("operator.log"))
+            .expect("operator log");
         let child = Command::new(env!("CARGO_BIN_EXE_mahler-operator"))
             .env("KUBECONFIG", &self.operator_kubeconfig)
-            .env("MAHLER_METRICS_ADDR", format!("127.0.0.1:{}", self.metrics_port))
+            .env(
+                "MAHLER_METRICS_ADDR",
+                format!("127.0.0.1:{}", self.metrics_port),
+            )
             .env("MAHLER_RESYNC_SECONDS", "2")
             .env("MAHLER_LEASE_SECONDS", "6")
             .env("POD_NAMESPACE", "mahler-system")
@@ -100,13 +165,26 @@ impl TestEnv {
     }
 
     pub fn apply(&self, yaml: &str) -> String {
-        kubectl_at(&self.kubectl, &self.kubeconfig, &["apply", "-f", "-"], Some(yaml))
+        kubectl_at(
+            &self.kubectl,
+            &self.kubeconfig,
+            &["apply", "-f", "-"],
+            Some(yaml),
+        )
     }
 
     /// `kubectl apply` that is expected to fail; returns its stderr.
     pub fn apply_rejected(&self, yaml: &str) -> String {
-        let out = kubectl_output(&self.kubectl, &self.kubeconfig, &["apply", "-f", "-"], Some(yaml));
-        assert!(!out.status.success(), "expected kubectl apply to be rejected:\n{yaml}");
+        let out = kubectl_output(
+            &self.kubectl,
+            &self.kubeconfig,
+            &["apply", "-f", "-"],
+            Some(yaml),
+        );
+        assert!(
+            !out.status.success(),
+            "expected kubectl apply to be rejected:\n{yaml}"
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -131,12 +209,23 @@ impl TestEnv {
     }
 
     pub fn metrics(&self) -> String {
-        let out = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{}/metrics", self.metrics_port)]).output().expect("curl");
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+            ])
+            .output()
+            .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
-fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+fn kubectl_output(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(kubectl)
         .arg("--kubeconfig")
@@ -148,7 +237,12 @@ fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Optio
         .spawn()
         .expect("run kubectl");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("kubectl output")
@@ -156,12 +250,20 @@ fn kubectl_output(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Optio
 
 fn kubectl_at(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     let out = kubectl_output(kubectl, kubeconfig, args, stdin);
-    assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits (event-driven, no polling sleeps) until `cond` holds for the object.
@@ -169,7 +271,12 @@ pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Condit
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    match tokio::time::timeout(Duration::from_secs(60), await_condition(api.clone(), name, cond)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
         Ok(Ok(Some(obj))) => obj,
         Ok(Ok(None)) => panic!("{name}: deleted while waiting for {what}"),
         Ok(Err(e)) => panic!("{name}: watch failed while waiting for {what}: {e}"),
@@ -186,22 +293,43 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let gone_any = await_condition(api.clone(), name, |obj: Option<&K>| obj.is_none());
-    if tokio::time::timeout(Duration::from_secs(90), gone_any).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(90), gone_any)
+        .await
+        .is_err()
+    {
         let current = api.get_opt(name).await.ok().flatten();
         panic!("{name}: not deleted within 90s; current object: {current:#?}");
     }
 }
 
 /// The kstatus Ready condition is True for the current generation.
-pub fn is_ready<K: Resource>(status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> impl Condition<K> {
+pub fn is_ready<K: Resource>(
+    status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> impl Condition<K> {
     move |obj: Option<&K>| {
         obj.is_some_and(|o| {
-            status_of(o).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == o.meta().generation))
+            status_of(o).is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == "Ready"
+                        && c.status == "True"
+                        && c.observed_generation == o.meta().generation
+                })
+            })
         })
     }
 }
 
 /// The Ready condition is False with this reason.
-pub fn has_reason<K: Resource>(reason: &'static str, status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> impl Condition<K> {
-    move |obj: Option<&K>| obj.is_some_and(|o| status_of(o).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason)))
+pub fn has_reason<K: Resource>(
+    reason: &'static str,
+    status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> impl Condition<K> {
+    move |obj: Option<&K>| {
+        obj.is_some_and(|o| {
+            status_of(o).is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason)
+            })
+        })
+    }
 }

@@ -1,0 +1,51 @@
+# Mahler — see README.md. Tools are built from pinned Go modules under
+# tools/ and cached in ~/.cache/mahler/tools (outside the checkout).
+
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all build tools crds cluster cluster-down run stop test unit e2e bench lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bin mahler-operator
+
+tools:
+	hack/tools.sh build
+
+crds:
+	$(CARGO) run --quiet --bin crdgen
+
+cluster: tools
+	@hack/cluster.sh up mahler
+
+cluster-down:
+	@hack/cluster.sh down mahler
+
+run: tools build
+	hack/run.sh
+
+stop:
+	-@d=$$(dirname $$(hack/cluster.sh kubeconfig mahler)); [ -f $$d/operator.pid ] && kill $$(cat $$d/operator.pid) 2>/dev/null; true
+	@hack/cluster.sh down mahler
+
+test: tools
+	hack/test.sh
+
+unit:
+	$(CARGO) test --lib --bins --test crds
+
+bench: tools
+	hack/bench.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean:
+	$(CARGO) clean
+	rm -rf .cluster

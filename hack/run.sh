@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make run`: the local cluster, the CRDs, the operator (in the background,
+# log in .cluster/mahler/operator.log) and manifests/examples, then
+# `kubectl get mahler` once everything is Ready. `make stop` ends it all.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+tools=$(hack/tools.sh dir)
+kubectl=$tools/kubectl
+eval "$(hack/cluster.sh up mahler)"
+dir=$(dirname "$KUBECONFIG")
+
+"$kubectl" apply -k crds/ >/dev/null
+"$kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+
+if [[ -f $dir/operator.pid ]] && kill -0 "$(cat "$dir/operator.pid")" 2>/dev/null; then
+  kill "$(cat "$dir/operator.pid")"; sleep 1
+fi
+MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8080} \
+  nohup target/release/mahler-operator >"$dir/operator.log" 2>&1 &
+echo $! >"$dir/operator.pid"
+echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log, metrics http://127.0.0.1:${MAHLER_METRICS_PORT:-8080}/metrics)"
+
+"$kubectl" apply -f manifests/examples/00-shop-project.yaml
+"$kubectl" wait --for=condition=Ready environments.mahler.dev --all --timeout=60s >/dev/null
+"$kubectl" apply -f manifests/examples/10-shop-services.yaml
+"$kubectl" wait --for=condition=Ready projects.mahler.dev,environments.mahler.dev --all --timeout=60s >/dev/null
+"$kubectl" wait --for=condition=Ready services.mahler.dev,connections.mahler.dev --all -A --timeout=60s >/dev/null
+echo
+"$kubectl" get mahler -A
+echo
+echo "export KUBECONFIG=$KUBECONFIG   # then: $kubectl get mahler -A"
+echo "make stop                        # stop the operator and the cluster"
