@@ -1,0 +1,170 @@
+//! `make bench`: figures for docs/benchmarks.md, against the real local
+//! cluster and the release operator that hack/bench.sh starts.
+//!
+//! 1. create → Ready latency of one image Service, 50 runs (p50/p99), next to
+//!    the same Deployment created directly (the cluster's own rollout delay);
+//! 2. N Services chained by N-1 Connections: time until all are Ready, the
+//!    operator's peak memory per Service, and the writes of a no-op resync.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::PostParams;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use mahler::crd::{Connection, ConnectionSpec, Environment, EnvironmentSpec, Project, ProjectSpec, Service, ServicePort, ServiceSpec, Source};
+
+fn ready(s: &Service) -> bool {
+    s.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == s.metadata.generation))
+}
+
+fn service(ns: &str, name: &str) -> Service {
+    let mut s = Service::new(
+        name,
+        ServiceSpec {
+            source: Source { image: Some(format!("bench/{name}:1")), ..Default::default() },
+            ports: vec![ServicePort { name: "http".into(), port: 8080, ..Default::default() }],
+            ..Default::default()
+        },
+    );
+    s.metadata.namespace = Some(ns.into());
+    s
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn environment(client: &Client, project: &str) -> String {
+    let ns = format!("{project}-bench");
+    Api::<Project>::all(client.clone()).create(&PostParams::default(), &Project::new(project, ProjectSpec::default())).await.expect("project");
+    Api::<Environment>::all(client.clone())
+        .create(&PostParams::default(), &Environment::new(&ns, EnvironmentSpec { project: project.into(), ..Default::default() }))
+        .await
+        .expect("environment");
+    let envs = Api::<Environment>::all(client.clone());
+    await_condition(envs, &ns, |e: Option<&Environment>| e.is_some_and(|e| e.status.as_ref().is_some_and(|s| s.namespace.is_some())))
+        .await
+        .expect("environment ready");
+    ns
+}
+
+async fn latency(client: &Client, runs: usize) {
+    let ns = environment(client, "latency").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let (mut mahler, mut raw) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let name = format!("lat{i}");
+        let started = Instant::now();
+        services.create(&PostParams::default(), &service(&ns, &name)).await.expect("create service");
+        await_condition(services.clone(), &name, |s: Option<&Service>| s.is_some_and(ready)).await.expect("ready");
+        mahler.push(started.elapsed());
+
+        // The same Deployment, created directly: the cluster's own delay.
+        let mut d = mahler::workload::desired_deployment(&service(&ns, &format!("raw{i}")), &Default::default()).expect("deployment");
+        d.metadata.owner_references = None;
+        let started = Instant::now();
+        deployments.create(&PostParams::default(), &d).await.expect("create deployment");
+        await_condition(deployments.clone(), &format!("raw{i}"), conditions::is_deployment_completed()).await.expect("rollout");
+        raw.push(started.elapsed());
+    }
+    mahler.sort();
+    raw.sort();
+    println!("create → Ready, {runs} runs: Mahler Service p50 {:?} p99 {:?}; raw Deployment p50 {:?} p99 {:?}; Mahler overhead at p50 {:?}",
+        percentile(&mahler, 0.5), percentile(&mahler, 0.99), percentile(&raw, 0.5), percentile(&raw, 0.99),
+        percentile(&mahler, 0.5).saturating_sub(percentile(&raw, 0.5)));
+}
+
+fn operator_rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+async fn writes(metrics_url: &str) -> (u64, u64) {
+    let body = reqwest_like(metrics_url).await;
+    let sum = |prefix: &str| body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+    (sum("mahler_kube_writes_total"), sum("mahler_reconciles_total"))
+}
+
+async fn reqwest_like(url: &str) -> String {
+    let out = tokio::process::Command::new("curl").args(["-sf", url]).output().await.expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: Duration) {
+    let ns = environment(client, &format!("scale{n}")).await;
+    let rss_before = operator_rss_kib(pid, "VmRSS:");
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let connections: Api<Connection> = Api::namespaced(client.clone(), &ns);
+
+    let started = Instant::now();
+    let watch = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            let mut ready_names = HashSet::new();
+            let mut stream = watcher(services, watcher::Config::default()).applied_objects().boxed();
+            while let Some(s) = stream.try_next().await.expect("watch") {
+                if ready(&s) {
+                    ready_names.insert(s.name_any());
+                } else {
+                    ready_names.remove(&s.name_any());
+                }
+                if ready_names.len() == n {
+                    return started.elapsed();
+                }
+            }
+            unreachable!("watch ended")
+        })
+    };
+    stream::iter(0..n)
+        .map(|i| {
+            let (services, connections, ns) = (services.clone(), connections.clone(), ns.clone());
+            async move {
+                services.create(&PostParams::default(), &service(&ns, &format!("s{i}"))).await.expect("create service");
+                if i > 0 {
+                    let mut c = Connection::new(&format!("c{i}"), ConnectionSpec { from: format!("s{i}"), to: format!("s{}", i - 1), port: 8080, env_prefix: None });
+                    c.metadata.namespace = Some(ns.clone());
+                    connections.create(&PostParams::default(), &c).await.expect("create connection");
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let created = started.elapsed();
+    let converged = watch.await.expect("watch task");
+    let peak = operator_rss_kib(pid, "VmHWM:");
+    println!("{n} Services + {} Connections: created in {created:?}, all Ready after {converged:?}", n - 1);
+    println!("operator memory: {rss_before} KiB before, peak {peak} KiB → {:.1} KiB per Service", (peak.saturating_sub(rss_before)) as f64 / n as f64);
+
+    // A no-op resync: wait for the tail of the rollout to land, then count.
+    let mut last = writes(metrics_url).await.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = writes(metrics_url).await.0;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (w0, r0) = writes(metrics_url).await;
+    tokio::time::sleep(resync * 2 + Duration::from_secs(2)).await;
+    let (w1, r1) = writes(metrics_url).await;
+    println!("no-op resync over {:?}: {} reconciles, {} API writes", resync * 2 + Duration::from_secs(2), r1 - r0, w1 - w0);
+}
+
+#[tokio::main]
+async fn main() {
+    let client = Client::try_default().await.expect("KUBECONFIG: run `make bench`");
+    let pid: u32 = std::env::var("MAHLER_BENCH_OPERATOR_PID").expect("run `make bench`").parse().unwrap();
+    let metrics_url = std::env::var("MAHLER_BENCH_METRICS").expect("run `make bench`");
+    let resync = Duration::from_secs(std::env::var("MAHLER_RESYNC_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
+    let runs = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    let n = std::env::var("BENCH_SERVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    latency(&client, runs).await;
+    scale(&client, n, pid, &metrics_url, resync).await;
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make bench`: a fresh local cluster, the release operator (its own
+# process, so its memory is measurable), then benches/converge.rs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cargo build --release --bin mahler-operator
+name=bench-$$
+export MAHLER_CLUSTER_DIR
+MAHLER_CLUSTER_DIR=$(mktemp -d /tmp/mahler-bench.XXXXXX)
+dir=$MAHLER_CLUSTER_DIR/$name
+cleanup() {
+  [[ -f $dir/operator.pid ]] && kill "$(cat "$dir/operator.pid")" 2>/dev/null || true
+  hack/cluster.sh down "$name" >/dev/null 2>&1 || true
+  rm -rf "$MAHLER_CLUSTER_DIR"
+}
+trap cleanup EXIT
+MAHLER_NODES=${MAHLER_NODES:-10} hack/cluster.sh up "$name" >/dev/null
+export KUBECONFIG=$dir/kubeconfig
+tools=$(hack/tools.sh dir)
+"$tools/kubectl" apply -k crds/ >/dev/null
+"$tools/kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export MAHLER_RESYNC_SECONDS=${MAHLER_RESYNC_SECONDS:-10}
+MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port MAHLER_CONCURRENCY=${MAHLER_CONCURRENCY:-32} \
+  target/release/mahler-operator >"$dir/operator.log" 2>&1 &
+echo $! >"$dir/operator.pid"
+export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS=http://127.0.0.1:$port/metrics
+cargo bench --bench converge
