@@ -15,18 +15,34 @@ use kube::api::PostParams;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use mahler::crd::{Connection, ConnectionSpec, Environment, EnvironmentSpec, Project, ProjectSpec, Service, ServicePort, ServiceSpec, Source};
+use mahler::crd::{
+    Connection, ConnectionSpec, Environment, EnvironmentSpec, Project, ProjectSpec, Service,
+    ServicePort, ServiceSpec, Source,
+};
 
 fn ready(s: &Service) -> bool {
-    s.status.as_ref().is_some_and(|st| st.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == s.metadata.generation))
+    s.status.as_ref().is_some_and(|st| {
+        st.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && c.status == "True"
+                && c.observed_generation == s.metadata.generation
+        })
+    })
 }
 
 fn service(ns: &str, name: &str) -> Service {
     let mut s = Service::new(
         name,
         ServiceSpec {
-            source: Source { image: Some(format!("bench/{name}:1")), ..Default::default() },
-            ports: vec![ServicePort { name: "http".into(), port: 8080, ..Default::default() }],
+            source: Source {
+                image: Some(format!("bench/{name}:1")),
+                ..Default::default()
+            },
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 8080,
+                ..Default::default()
+            }],
             ..Default::default()
         },
     );
@@ -40,15 +56,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 async fn environment(client: &Client, project: &str) -> String {
     let ns = format!("{project}-bench");
-    Api::<Project>::all(client.clone()).create(&PostParams::default(), &Project::new(project, ProjectSpec::default())).await.expect("project");
+    Api::<Project>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Project::new(project, ProjectSpec::default()),
+        )
+        .await
+        .expect("project");
     Api::<Environment>::all(client.clone())
-        .create(&PostParams::default(), &Environment::new(&ns, EnvironmentSpec { project: project.into(), ..Default::default() }))
+        .create(
+            &PostParams::default(),
+            &Environment::new(
+                &ns,
+                EnvironmentSpec {
+                    project: project.into(),
+                    ..Default::default()
+                },
+            ),
+        )
         .await
         .expect("environment");
     let envs = Api::<Environment>::all(client.clone());
-    await_condition(envs, &ns, |e: Option<&Environment>| e.is_some_and(|e| e.status.as_ref().is_some_and(|s| s.namespace.is_some())))
-        .await
-        .expect("environment ready");
+    await_condition(envs, &ns, |e: Option<&Environment>| {
+        e.is_some_and(|e| e.status.as_ref().is_some_and(|s| s.namespace.is_some()))
+    })
+    .await
+    .expect("environment ready");
     ns
 }
 
@@ -60,38 +93,80 @@ async fn latency(client: &Client, runs: usize) {
     for i in 0..runs {
         let name = format!("lat{i}");
         let started = Instant::now();
-        services.create(&PostParams::default(), &service(&ns, &name)).await.expect("create service");
-        await_condition(services.clone(), &name, |s: Option<&Service>| s.is_some_and(ready)).await.expect("ready");
+        services
+            .create(&PostParams::default(), &service(&ns, &name))
+            .await
+            .expect("create service");
+        await_condition(services.clone(), &name, |s: Option<&Service>| {
+            s.is_some_and(ready)
+        })
+        .await
+        .expect("ready");
         mahler.push(started.elapsed());
 
         // The same Deployment, created directly: the cluster's own delay.
-        let mut d = mahler::workload::desired_deployment(&service(&ns, &format!("raw{i}")), &Default::default()).expect("deployment");
+        let mut d = mahler::workload::desired_deployment(
+            &service(&ns, &format!("raw{i}")),
+            &Default::default(),
+        )
+        .expect("deployment");
         d.metadata.owner_references = None;
         let started = Instant::now();
-        deployments.create(&PostParams::default(), &d).await.expect("create deployment");
-        await_condition(deployments.clone(), &format!("raw{i}"), conditions::is_deployment_completed()).await.expect("rollout");
+        deployments
+            .create(&PostParams::default(), &d)
+            .await
+            .expect("create deployment");
+        await_condition(
+            deployments.clone(),
+            &format!("raw{i}"),
+            conditions::is_deployment_completed(),
+        )
+        .await
+        .expect("rollout");
         raw.push(started.elapsed());
     }
     mahler.sort();
     raw.sort();
-    println!("create → Ready, {runs} runs: Mahler Service p50 {:?} p99 {:?}; raw Deployment p50 {:?} p99 {:?}; Mahler overhead at p50 {:?}",
-        percentile(&mahler, 0.5), percentile(&mahler, 0.99), percentile(&raw, 0.5), percentile(&raw, 0.99),
-        percentile(&mahler, 0.5).saturating_sub(percentile(&raw, 0.5)));
+    println!(
+        "create → Ready, {runs} runs: Mahler Service p50 {:?} p99 {:?}; raw Deployment p50 {:?} p99 {:?}; Mahler overhead at p50 {:?}",
+        percentile(&mahler, 0.5),
+        percentile(&mahler, 0.99),
+        percentile(&raw, 0.5),
+        percentile(&raw, 0.99),
+        percentile(&mahler, 0.5).saturating_sub(percentile(&raw, 0.5))
+    );
 }
 
 fn operator_rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn writes(metrics_url: &str) -> (u64, u64) {
     let body = reqwest_like(metrics_url).await;
-    let sum = |prefix: &str| body.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum();
-    (sum("mahler_kube_writes_total"), sum("mahler_reconciles_total"))
+    let sum = |prefix: &str| {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (
+        sum("mahler_kube_writes_total"),
+        sum("mahler_reconciles_total"),
+    )
 }
 
 async fn reqwest_like(url: &str) -> String {
-    let out = tokio::process::Command::new("curl").args(["-sf", url]).output().await.expect("curl");
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", url])
+        .output()
+        .await
+        .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -106,7 +181,9 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
         let services = services.clone();
         tokio::spawn(async move {
             let mut ready_names = HashSet::new();
-            let mut stream = watcher(services, watcher::Config::default()).applied_objects().boxed();
+            let mut stream = watcher(services, watcher::Config::default())
+                .applied_objects()
+                .boxed();
             while let Some(s) = stream.try_next().await.expect("watch") {
                 if ready(&s) {
                     ready_names.insert(s.name_any());
@@ -124,11 +201,25 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
         .map(|i| {
             let (services, connections, ns) = (services.clone(), connections.clone(), ns.clone());
             async move {
-                services.create(&PostParams::default(), &service(&ns, &format!("s{i}"))).await.expect("create service");
+                services
+                    .create(&PostParams::default(), &service(&ns, &format!("s{i}")))
+                    .await
+                    .expect("create service");
                 if i > 0 {
-                    let mut c = Connection::new(&format!("c{i}"), ConnectionSpec { from: format!("s{i}"), to: format!("s{}", i - 1), port: 8080, env_prefix: None });
+                    let mut c = Connection::new(
+                        &format!("c{i}"),
+                        ConnectionSpec {
+                            from: format!("s{i}"),
+                            to: format!("s{}", i - 1),
+                            port: 8080,
+                            env_prefix: None,
+                        },
+                    );
                     c.metadata.namespace = Some(ns.clone());
-                    connections.create(&PostParams::default(), &c).await.expect("create connection");
+                    connections
+                        .create(&PostParams::default(), &c)
+                        .await
+                        .expect("create connection");
                 }
             }
         })
@@ -138,8 +229,14 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
     let created = started.elapsed();
     let converged = watch.await.expect("watch task");
     let peak = operator_rss_kib(pid, "VmHWM:");
-    println!("{n} Services + {} Connections: created in {created:?}, all Ready after {converged:?}", n - 1);
-    println!("operator memory: {rss_before} KiB before, peak {peak} KiB → {:.1} KiB per Service", (peak.saturating_sub(rss_before)) as f64 / n as f64);
+    println!(
+        "{n} Services + {} Connections: created in {created:?}, all Ready after {converged:?}",
+        n - 1
+    );
+    println!(
+        "operator memory: {rss_before} KiB before, peak {peak} KiB → {:.1} KiB per Service",
+        (peak.saturating_sub(rss_before)) as f64 / n as f64
+    );
 
     // A no-op resync: wait for the tail of the rollout to land, then count.
     let mut last = writes(metrics_url).await.0;
@@ -154,17 +251,38 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
     let (w0, r0) = writes(metrics_url).await;
     tokio::time::sleep(resync * 2 + Duration::from_secs(2)).await;
     let (w1, r1) = writes(metrics_url).await;
-    println!("no-op resync over {:?}: {} reconciles, {} API writes", resync * 2 + Duration::from_secs(2), r1 - r0, w1 - w0);
+    println!(
+        "no-op resync over {:?}: {} reconciles, {} API writes",
+        resync * 2 + Duration::from_secs(2),
+        r1 - r0,
+        w1 - w0
+    );
 }
 
 #[tokio::main]
 async fn main() {
-    let client = Client::try_default().await.expect("KUBECONFIG: run `make bench`");
-    let pid: u32 = std::env::var("MAHLER_BENCH_OPERATOR_PID").expect("run `make bench`").parse().unwrap();
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG: run `make bench`");
+    let pid: u32 = std::env::var("MAHLER_BENCH_OPERATOR_PID")
+        .expect("run `make bench`")
+        .parse()
+        .unwrap();
     let metrics_url = std::env::var("MAHLER_BENCH_METRICS").expect("run `make bench`");
-    let resync = Duration::from_secs(std::env::var("MAHLER_RESYNC_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
-    let runs = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
-    let n = std::env::var("BENCH_SERVICES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let resync = Duration::from_secs(
+        std::env::var("MAHLER_RESYNC_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
+    let runs = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let n = std::env::var("BENCH_SERVICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     latency(&client, runs).await;
     scale(&client, n, pid, &metrics_url, resync).await;
 }
