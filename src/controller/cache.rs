@@ -10,6 +10,7 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use futures::{Future, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -93,8 +94,6 @@ impl Caches {
         self.projects.get(&ObjectRef::new(name))
     }
 }
-
-use std::sync::Arc;
 
 /// The decoded object inside a guard, if it decoded.
 pub fn valid_ref<K>(guard: &Guarded<K>) -> Option<&K> {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, Guarded, apply, decoded, finalizer, observe, status};
 use crate::crd::{Health, Project, ProjectStatus};
@@ -65,5 +65,3 @@ async fn write_status(
     };
     status::patch_status(ctx, project, current, &status).await
 }
-
-use kube::Resource;
