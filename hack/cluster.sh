@@ -56,6 +56,13 @@ options:
   kwokControllerBinary: $tools/kwok
   kubeAuditPolicy: $dir/audit-policy.yaml
   disableQPSLimits: true
+componentsPatches:
+# kwok's default Service range is a /24: about 250 ClusterIPs, after which the
+# API server answers 500 "failed to allocate". Benchmarks create 1,000+.
+- name: kube-apiserver
+  extraArgs:
+  - key: service-cluster-ip-range
+    value: 10.96.0.0/16
 YAML
     rm -f "$kubeconfig"
     "$kwokctl" create cluster --name "$name" -c "$dir/kwokctl.yaml" --kubeconfig "$kubeconfig" --wait 120s >"$dir/create.log" 2>&1 ||

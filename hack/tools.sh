@@ -6,6 +6,8 @@
 #   hack/tools.sh build [component...]  build what is missing (default: all)
 #   hack/tools.sh dir   [component...]  build what is missing, print a dir
 #                                       holding every binary (symlinks)
+#   hack/tools.sh mirror                build the providers, print an OpenTofu
+#                                       filesystem mirror holding them
 #
 # Cache: ${MAHLER_TOOLS_CACHE:-~/.cache/mahler/tools}/<component>-<hash>/,
 # keyed by the wrapper's go.mod + go.sum + this script's build recipe, so a
@@ -14,7 +16,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${MAHLER_TOOLS_CACHE:-$HOME/.cache/mahler/tools}
-all_components=(etcd kubernetes kwok)
+all_components=(etcd kubernetes kwok tofu provider-random provider-null provider-kubernetes)
 
 # binaries <component>: the packages a wrapper builds, as "name=package".
 binaries() {
@@ -25,6 +27,10 @@ binaries() {
         echo "$b=k8s.io/kubernetes/cmd/$b"
       done ;;
     kwok) echo "kwok=sigs.k8s.io/kwok/cmd/kwok kwokctl=sigs.k8s.io/kwok/cmd/kwokctl" ;;
+    tofu) echo "tofu=github.com/opentofu/opentofu/cmd/tofu" ;;
+    provider-random) echo "terraform-provider-random=github.com/terraform-providers/terraform-provider-random" ;;
+    provider-null) echo "terraform-provider-null=github.com/terraform-providers/terraform-provider-null" ;;
+    provider-kubernetes) echo "terraform-provider-kubernetes=github.com/hashicorp/terraform-provider-kubernetes" ;;
     *) echo "unknown component: $1" >&2; return 1 ;;
   esac
 }
@@ -38,6 +44,7 @@ ldflags() {
       local minor=${v#v1.}; minor=${minor%%.*}
       echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
       ;;
+    tofu) echo "-X github.com/opentofu/opentofu/version.dev=no" ;;
     *) echo "" ;;
   esac
 }
@@ -67,6 +74,40 @@ build() {
   echo ">> built $c in $((SECONDS - started))s" >&2
 }
 
+# The version each provider wrapper builds, as the mirror names it (see the
+# comments in tools/provider-*/go.mod for the commit behind each).
+provider_version() {
+  case $1 in
+    random) echo 3.9.0 ;;
+    null) echo 2.1.2 ;;
+    kubernetes) echo 3.2.1 ;;
+  esac
+}
+
+# mirror: registry.{opentofu.org,terraform.io}/hashicorp/<name>/<version>/linux_amd64/
+# terraform-provider-<name>_v<version>, so `tofu init` finds the providers
+# offline under either registry host.
+mirror() {
+  local p key dir os_arch
+  os_arch=$(go env GOOS)_$(go env GOARCH)
+  key=$(for p in random null kubernetes; do key provider-$p; provider_version $p; done | sha256sum | cut -c1-12)
+  dir=$cache/mirrors/$key
+  if [[ ! -f $dir/.complete ]]; then
+    rm -rf "$dir.tmp"
+    for p in random null kubernetes; do
+      build provider-$p
+      local v; v=$(provider_version $p)
+      for host in registry.opentofu.org registry.terraform.io; do
+        mkdir -p "$dir.tmp/$host/hashicorp/$p/$v/$os_arch"
+        cp "$(outdir provider-$p)/terraform-provider-$p" "$dir.tmp/$host/hashicorp/$p/$v/$os_arch/terraform-provider-${p}_v$v"
+      done
+    done
+    touch "$dir.tmp/.complete"
+    rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
 cmd=${1:-build}; shift || true
 components=("$@"); [[ ${#components[@]} -gt 0 ]] || components=("${all_components[@]}")
 case $cmd in
@@ -83,5 +124,6 @@ case $cmd in
       mv "$set_dir.tmp" "$set_dir"
     fi
     echo "$set_dir" ;;
-  *) echo "usage: $0 build|dir [component...]" >&2; exit 2 ;;
+  mirror) mirror ;;
+  *) echo "usage: $0 build|dir [component...] | mirror" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@
 //!   kind should produce. No client calls; unit-tested without a cluster.
 //! - [`controller`]: where the cluster is touched: one reconciler per kind plus the
 //!   single apply helper, status helper and the shared object caches.
+//! - [`terraform`]: the Terraform engine: workspaces, OpenTofu runs, state locks.
 //! - [`operator`]: process wiring: leader election, HTTP endpoints, shutdown.
 
 pub mod controller;
@@ -14,6 +15,7 @@ pub mod crd;
 pub mod environment;
 pub mod metrics;
 pub mod operator;
+pub mod terraform;
 pub mod workload;
 
 /// The label every object Mahler creates carries (`app.kubernetes.io/managed-by`).

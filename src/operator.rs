@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::controller::{self, Settings};
-use crate::crd::{Connection, Environment, Project, Service};
+use crate::crd::{Connection, Environment, Project, ResourceTemplate, Service};
 use crate::metrics::Metrics;
 
 #[derive(Parser, Debug, Clone)]
@@ -57,6 +57,27 @@ pub struct Args {
     /// DNS suffix of in-cluster Service names.
     #[arg(long, env = "MAHLER_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The OpenTofu binary template Services run.
+    #[arg(long, env = "MAHLER_TOFU", default_value = "tofu")]
+    pub tofu: std::path::PathBuf,
+    /// Filesystem mirror of Terraform providers (offline `tofu init`).
+    #[arg(long, env = "MAHLER_PROVIDER_MIRROR")]
+    pub provider_mirror: Option<std::path::PathBuf>,
+    /// Where OpenTofu workspaces and the shared plugin cache live.
+    #[arg(long, env = "MAHLER_TOFU_WORKDIR", default_value = "/tmp/mahler-tofu")]
+    pub tofu_workdir: std::path::PathBuf,
+    /// OpenTofu runs at once, operator-wide.
+    #[arg(long, env = "MAHLER_TOFU_PARALLELISM", default_value_t = 4)]
+    pub tofu_parallelism: usize,
+    /// Seconds a single OpenTofu command may run before it is interrupted.
+    #[arg(long, env = "MAHLER_TOFU_TIMEOUT_SECONDS", default_value_t = 900)]
+    pub tofu_timeout_seconds: u64,
+    /// Default drift-check interval of template Services (e.g. 30m, 1h; 0s: off).
+    #[arg(long, env = "MAHLER_DRIFT_CHECK_INTERVAL", default_value = "1h")]
+    pub drift_check_interval: String,
+    /// Disable the Terraform engine (template Services report EngineUnavailable).
+    #[arg(long, env = "MAHLER_TERRAFORM_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub terraform_disabled: bool,
     /// Log format: text or json.
     #[arg(long, env = "MAHLER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -118,6 +139,22 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         concurrency: args.concurrency.max(1),
+        drift_check_interval: Some(
+            crate::terraform::parse_duration(&args.drift_check_interval).ok_or_else(|| {
+                format!(
+                    "MAHLER_DRIFT_CHECK_INTERVAL: {:?} is not a duration like 30m or 1h",
+                    args.drift_check_interval
+                )
+            })?,
+        ),
+        engine: (!args.terraform_disabled).then(|| crate::terraform::EngineConfig {
+            tofu: args.tofu.clone(),
+            provider_mirror: args.provider_mirror.clone(),
+            workdir: args.tofu_workdir.clone(),
+            parallel: args.tofu_parallelism.max(1),
+            timeout: Duration::from_secs(args.tofu_timeout_seconds.max(10)),
+            kubeconfig: std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from),
+        }),
     };
 
     if !args.leader_elect {
@@ -223,6 +260,13 @@ async fn missing_crds(client: &Client) -> Result<Vec<String>, kube::Error> {
         (
             Connection::crd_name(),
             Api::<Connection>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(|_| ()),
+        ),
+        (
+            ResourceTemplate::crd_name(),
+            Api::<ResourceTemplate>::all(client.clone())
                 .list_metadata(&probe)
                 .await
                 .map(|_| ()),

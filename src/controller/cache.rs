@@ -26,7 +26,7 @@ use tracing::warn;
 
 use super::Trigger;
 use crate::MANAGED_BY;
-use crate::crd::{Connection, Environment, GROUP, Project, Service};
+use crate::crd::{Connection, Environment, GROUP, Project, ResourceTemplate, Service};
 use crate::environment::ENVIRONMENT_LABEL;
 
 /// A Mahler object as cached: decoded, or the reason it could not be.
@@ -39,6 +39,7 @@ pub struct Caches {
     pub environments: Store<Guarded<Environment>>,
     pub services: Store<Guarded<Service>>,
     pub connections: Store<Guarded<Connection>>,
+    pub templates: Store<Guarded<ResourceTemplate>>,
     pub namespaces: Store<Namespace>,
     pub deployments: Store<Deployment>,
     pub kube_services: Store<KubeService>,
@@ -53,6 +54,7 @@ impl Caches {
             self.environments.wait_until_ready(),
             self.services.wait_until_ready(),
             self.connections.wait_until_ready(),
+            self.templates.wait_until_ready(),
             self.namespaces.wait_until_ready(),
             self.deployments.wait_until_ready(),
             self.kube_services.wait_until_ready(),
@@ -90,9 +92,34 @@ impl Caches {
             .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
     }
 
+    /// A decoded ResourceTemplate by name.
+    pub fn template(&self, name: &str) -> Option<ResourceTemplate> {
+        self.templates
+            .get(&ObjectRef::new(name))
+            .and_then(|g| g.0.clone().ok())
+    }
+
+    /// Decoded Services in a namespace.
+    pub fn services_in(&self, namespace: &str) -> Vec<Service> {
+        valid(
+            self.services
+                .state_filter(|s| s.meta().namespace.as_deref() == Some(namespace)),
+        )
+    }
+
     pub fn project(&self, name: &str) -> Option<Arc<Guarded<Project>>> {
         self.projects.get(&ObjectRef::new(name))
     }
+}
+
+/// Whether `consumer` reads an output of Service `producer` (`valueFrom.serviceOutput`).
+pub fn reads_outputs_of(consumer: &Service, producer: &str) -> bool {
+    consumer.spec.env.iter().any(|e| {
+        e.value_from
+            .as_ref()
+            .and_then(|v| v.service_output.as_ref())
+            .is_some_and(|o| o.service == producer)
+    })
 }
 
 /// The decoded object inside a guard, if it decoded.
@@ -113,6 +140,7 @@ pub struct Subscriptions {
     pub environments: ReflectHandle<Guarded<Environment>>,
     pub services: ReflectHandle<Guarded<Service>>,
     pub connections: ReflectHandle<Guarded<Connection>>,
+    pub templates: ReflectHandle<Guarded<ResourceTemplate>>,
 }
 
 /// Reconcile requests routed from related objects, per controller.
@@ -122,6 +150,9 @@ pub struct Router {
     pub environments: mpsc::UnboundedReceiver<ObjectRef<Guarded<Environment>>>,
     pub services: mpsc::UnboundedReceiver<ObjectRef<Guarded<Service>>>,
     pub connections: mpsc::UnboundedReceiver<ObjectRef<Guarded<Connection>>>,
+    /// Re-triggers a Service's reconcile (the Terraform engine uses it when
+    /// a run ends).
+    pub service_trigger: Trigger<Guarded<Service>>,
 }
 
 #[derive(Clone)]
@@ -162,6 +193,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     let (environments, environments_w) = reflector::store_shared::<Guarded<Environment>>(BUFFER);
     let (services, services_w) = reflector::store_shared::<Guarded<Service>>(BUFFER);
     let (connections, connections_w) = reflector::store_shared::<Guarded<Connection>>(BUFFER);
+    let (templates, templates_w) = reflector::store_shared::<Guarded<ResourceTemplate>>(BUFFER);
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
     let (deployments, deployments_w) = reflector::store::<Deployment>();
     let (kube_services, kube_services_w) = reflector::store::<KubeService>();
@@ -172,6 +204,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
         environments: environments_w.subscribe().expect("shared store"),
         services: services_w.subscribe().expect("shared store"),
         connections: connections_w.subscribe().expect("shared store"),
+        templates: templates_w.subscribe().expect("shared store"),
     };
     let (p_tx, p_rx) = mpsc::unbounded_channel();
     let (e_tx, e_rx) = mpsc::unbounded_channel();
@@ -183,11 +216,13 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
         services: s_tx,
         connections: c_tx,
     };
+    let service_trigger = tx.services.clone();
     let caches = Caches {
         projects,
         environments,
         services,
         connections,
+        templates,
         namespaces,
         deployments,
         kube_services,
@@ -233,6 +268,39 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
                     }
                     if conn.spec.to == name {
                         send::<Service>(&t.services, &conn.spec.from, Some(&ns));
+                    }
+                }
+                // Consumers of this Service's outputs.
+                for consumer in c.services_in(&ns) {
+                    if reads_outputs_of(&consumer, &name) {
+                        send::<Service>(&t.services, &consumer.name_any(), Some(&ns));
+                    }
+                }
+            },
+        );
+        let (c, t) = (caches.clone(), tx.clone());
+        let templates = feed(
+            Api::all(client.clone()),
+            all.clone(),
+            templates_w,
+            move |tpl: &Guarded<ResourceTemplate>| {
+                let name = tpl.name_any();
+                for svc in valid(c.services.state()) {
+                    let uses = svc
+                        .spec
+                        .source
+                        .template
+                        .as_ref()
+                        .is_some_and(|t| t.name == name);
+                    if uses
+                        || svc.spec.env.iter().any(|e| {
+                            e.value_from
+                                .as_ref()
+                                .and_then(|v| v.service_output.as_ref())
+                                .is_some()
+                        })
+                    {
+                        send::<Service>(&t.services, &svc.name_any(), svc.namespace().as_deref());
                     }
                 }
             },
@@ -312,6 +380,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
                 environments,
                 services,
                 connections,
+                templates,
                 namespaces,
                 deployments,
                 kube_services,
@@ -321,6 +390,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     };
 
     let router = Router {
+        service_trigger,
         subscriptions,
         projects: p_rx,
         environments: e_rx,

@@ -14,6 +14,8 @@ mod finalizer;
 mod project;
 mod service;
 pub mod status;
+mod template;
+pub mod template_service;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -48,6 +50,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
     pub settings: Settings,
+    /// Runs OpenTofu for template Services; `None` when it cannot (see `engine_error`).
+    pub engine: Option<Arc<crate::terraform::Engine>>,
+    pub engine_error: Option<String>,
+    /// Re-triggers a Service's reconcile.
+    pub service_trigger: Trigger<Guarded<crate::crd::Service>>,
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
     reported_invalid: Mutex<HashSet<String>>,
 }
@@ -61,6 +68,10 @@ pub struct Settings {
     pub resync: Duration,
     /// Reconciles run in parallel per kind.
     pub concurrency: u16,
+    /// Default drift-check interval of template Services (None: 1h).
+    pub drift_check_interval: Option<Duration>,
+    /// How to run OpenTofu; `None` disables template Services.
+    pub engine: Option<crate::terraform::EngineConfig>,
 }
 
 impl Default for Settings {
@@ -69,6 +80,8 @@ impl Default for Settings {
             cluster_domain: "cluster.local".into(),
             resync: Duration::from_secs(600),
             concurrency: 16,
+            drift_check_interval: None,
+            engine: None,
         }
     }
 }
@@ -109,6 +122,8 @@ impl Context {
         caches: Caches,
         settings: Settings,
         instance: String,
+        engine: Result<Arc<crate::terraform::Engine>, String>,
+        service_trigger: Trigger<Guarded<crate::crd::Service>>,
     ) -> Self {
         let reporter = Reporter {
             controller: "mahler-operator".into(),
@@ -120,6 +135,9 @@ impl Context {
             metrics,
             caches,
             settings,
+            engine_error: engine.as_ref().err().cloned(),
+            engine: engine.ok(),
+            service_trigger,
             backoffs: Mutex::default(),
             reported_invalid: Mutex::default(),
         }
@@ -300,12 +318,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let (caches, feeds, router) = cache::start(client.clone());
+    let engine = match settings.engine.clone() {
+        Some(cfg) => crate::terraform::Engine::new(cfg, client.clone())
+            .await
+            .map(Arc::new),
+        None => Err("the operator was started without the Terraform engine (set MAHLER_TOFU and MAHLER_PROVIDER_MIRROR)".to_string()),
+    };
+    if let Err(error) = &engine {
+        warn!(%error, "template Services are disabled");
+    }
     let ctx = Arc::new(Context::new(
         client,
         metrics,
         caches,
         settings.clone(),
         instance,
+        engine,
+        router.service_trigger.clone(),
     ));
 
     // Reconciling before every cache is filled would act on a partial view
@@ -356,7 +385,7 @@ pub async fn run(
         router.subscriptions.connections,
         ctx.caches.connections.clone(),
     )
-    .with_config(config)
+    .with_config(config.clone())
     .reconcile_on(UnboundedReceiverStream::new(router.connections))
     .graceful_shutdown_on(shutdown.clone())
     .run(
@@ -366,7 +395,43 @@ pub async fn run(
     )
     .for_each(|_| futures::future::ready(()));
 
-    futures::join!(projects, environments, services, connections);
+    let templates =
+        Controller::for_shared_stream(router.subscriptions.templates, ctx.caches.templates.clone())
+            .with_config(config)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                template::reconcile,
+                |o, e, c| error_policy("ResourceTemplate", o.as_ref(), e, &c),
+                ctx.clone(),
+            )
+            .for_each(|_| futures::future::ready(()));
+
+    // On shutdown, interrupt OpenTofu first (it then writes its state and
+    // releases its lock) so the controllers drain quickly.
+    let engine = ctx.engine.clone();
+    let interrupt = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if let Some(engine) = engine {
+                engine.shutdown();
+                if tokio::time::timeout(Duration::from_secs(40), engine.drained())
+                    .await
+                    .is_err()
+                {
+                    warn!("tofu runs did not stop within 40s");
+                }
+            }
+        }
+    };
+    futures::join!(
+        projects,
+        environments,
+        services,
+        connections,
+        templates,
+        interrupt
+    );
     feeds_task.abort();
     info!("controllers stopped");
 }

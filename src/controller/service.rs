@@ -2,6 +2,7 @@
 //! variables its Connections inject) and a ClusterIP Service; status follows
 //! the rollout.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -11,7 +12,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::{Context, Error, Guarded, ScopedApi, apply, decoded, observe, status};
+use super::{
+    Context, Error, Guarded, ScopedApi, apply, decoded, observe, status, template_service,
+};
 use crate::crd::{Connection, Health, Service, ServiceStatus};
 use crate::workload::{self, Rollout};
 
@@ -25,6 +28,9 @@ pub async fn reconcile(guard: Arc<Guarded<Service>>, ctx: Arc<Context>) -> Resul
 
 #[tracing::instrument(skip_all, fields(service = %svc.name_any(), namespace = svc.namespace().unwrap_or_default()))]
 async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
+    if let Some(src) = &svc.spec.source.template {
+        return template_service::pass(svc, ctx, src).await;
+    }
     // Deleted, or its namespace is: the garbage collector / namespace
     // controller removes the children; writing now would be refused.
     if svc.meta().deletion_timestamp.is_some()
@@ -46,7 +52,7 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         .filter(|c| c.spec.from == name)
         .filter_map(|c| ctx.caches.service(&ns, &c.spec.to))
         .collect();
-    let edges = workload::resolve_edges(
+    let mut edges = workload::resolve_edges(
         svc,
         &conn_refs,
         |n| targets.iter().find(|t| t.name_any() == n),
@@ -63,6 +69,13 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         ..Default::default()
     };
 
+    match resolve_outputs(ctx, svc) {
+        Ok((outputs, hash)) => {
+            edges.outputs = outputs;
+            edges.outputs_hash = hash;
+        }
+        Err(health) => return finish(ctx, svc, status, health).await,
+    }
     let deployment = match workload::desired_deployment(svc, &edges) {
         Ok(d) => d,
         Err(problem) => {
@@ -120,6 +133,99 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         }
     };
     finish(ctx, svc, status, health).await
+}
+
+/// Resolves `valueFrom.serviceOutput` variables to the producers' outputs
+/// Secrets, or the Health saying what the Service waits for (Progressing)
+/// or what is wrong (Stalled).
+#[allow(clippy::type_complexity)]
+fn resolve_outputs(
+    ctx: &Context,
+    svc: &Service,
+) -> Result<(BTreeMap<String, (String, String)>, Option<String>), Health> {
+    let ns = svc.namespace().unwrap_or_default();
+    let mut resolved = BTreeMap::new();
+    let mut hashes = Vec::new();
+    for var in &svc.spec.env {
+        let Some(out) = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.service_output.as_ref())
+        else {
+            continue;
+        };
+        let field = format!("spec.env {}", var.name);
+        let Some(producer) = ctx.caches.service(&ns, &out.service) else {
+            return Err(Health::progressing(
+                "WaitingForOutputs",
+                format!(
+                    "{field}: waiting for Service {} (it does not exist yet)",
+                    out.service
+                ),
+            ));
+        };
+        let Some(src) = &producer.spec.source.template else {
+            return Err(Health::stalled(
+                "OutputUnavailable",
+                format!(
+                    "{field}: Service {} is not a template Service and publishes no outputs",
+                    out.service
+                ),
+            ));
+        };
+        let Some(template) = ctx.caches.template(&src.name) else {
+            return Err(Health::progressing(
+                "WaitingForOutputs",
+                format!(
+                    "{field}: waiting for ResourceTemplate {} of Service {}",
+                    src.name, out.service
+                ),
+            ));
+        };
+        if template.spec.output(&out.key).is_none() {
+            let names: Vec<&str> = template
+                .spec
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect();
+            return Err(Health::stalled(
+                "OutputUnavailable",
+                format!(
+                    "{field}: ResourceTemplate {} (Service {}) publishes no output {}; it publishes: {}",
+                    src.name,
+                    out.service,
+                    out.key,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        }
+        let status = producer.status.as_ref();
+        let (Some(secret), Some(hash)) = (
+            status.and_then(|s| s.outputs_secret.clone()),
+            status.and_then(|s| s.outputs_hash.clone()),
+        ) else {
+            return Err(Health::progressing(
+                "WaitingForOutputs",
+                format!(
+                    "{field}: waiting for output {} of Service {} (not applied yet)",
+                    out.key, out.service
+                ),
+            ));
+        };
+        hashes.push(format!("{}={hash}", out.service));
+        resolved.insert(var.name.clone(), (secret, out.key.clone()));
+    }
+    if resolved.is_empty() {
+        return Ok((resolved, None));
+    }
+    hashes.sort();
+    hashes.dedup();
+    Ok((resolved, Some(hashes.join(","))))
 }
 
 async fn finish(

@@ -112,3 +112,28 @@ fn truncate(s: &str, max: usize) -> String {
     }
     s[..end].to_string()
 }
+
+/// Publishes a one-off Event (a Terraform run finished, a lock was
+/// recovered, ...). Best-effort like every Event.
+pub async fn event<K>(ctx: &Context, obj: &K, warning: bool, reason: &str, note: &str)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(truncate(note, 1000)),
+        action: "Terraform".to_string(),
+        secondary: None,
+    };
+    match ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        Ok(()) => ctx.metrics.wrote("Event", "event"),
+        Err(error) => {
+            tracing::warn!(%error, object = %obj.meta().name.as_deref().unwrap_or_default(), "could not publish event")
+        }
+    }
+}

@@ -96,7 +96,8 @@ impl ConditionSet {
         self.set(STALLED, stalled, s_reason, s_msg, generation);
     }
 
-    fn set(
+    /// Sets a condition of any type (e.g. `Drifted`).
+    pub fn set(
         &mut self,
         type_: &str,
         status: bool,

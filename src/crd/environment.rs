@@ -43,9 +43,23 @@ pub struct EnvironmentSpec {
     /// this one copies (preview environments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone_from: Option<String>,
+    /// What happens to template Services' infrastructure when they are
+    /// deleted: `Delete` (default: `tofu destroy`) or `Retain` (keep the
+    /// resources and their state). A Service's own policy overrides this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
     /// Where this environment's telemetry goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<TelemetrySpec>,
+}
+
+/// What deleting a template Service does to the infrastructure it made.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// `tofu destroy`, then drop the state.
+    Delete,
+    /// Keep the resources and their state Secret.
+    Retain,
 }
 
 /// An environment owner: exactly one of `user` or `group`.

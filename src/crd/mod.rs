@@ -9,14 +9,23 @@ mod connection;
 mod environment;
 mod project;
 mod service;
+mod template;
 
 pub use condition::{ConditionSet, Health};
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
-pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus, Owner, TelemetrySpec};
+pub use environment::{
+    DeletionPolicy, Environment, EnvironmentSpec, EnvironmentStatus, Owner, TelemetrySpec,
+};
 pub use project::{Member, Project, ProjectSpec, ProjectStatus, Role};
+pub use service::{
+    Approval, DriftPolicy, LockStatus, PlanStatus, PlannedResource, RunStatus, TerraformStatus,
+};
 pub use service::{
     EnvVar, EnvVarSource, ExposeSpec, GitSource, HealthCheck, Protocol, Service, ServiceOutputRef,
     ServicePort, ServiceSpec, ServiceStatus, Source, TemplateSource,
+};
+pub use template::{
+    ModuleSource, ResourceTemplate, ResourceTemplateSpec, ResourceTemplateStatus, TemplateOutput,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,6 +41,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Environment::crd(),
         Service::crd(),
         Connection::crd(),
+        ResourceTemplate::crd(),
     ]
 }
 

@@ -2,6 +2,8 @@
 //! component, built from exactly one source (an image, a git repository, or a
 //! ResourceTemplate).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{ConfigMapKeySelector, ResourceRequirements, SecretKeySelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -18,6 +20,8 @@ use serde::{Deserialize, Serialize};
     category = "mahler",
     status = "ServiceStatus",
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.source.image"}"#,
+    printcolumn = r#"{"name":"Template","type":"string","jsonPath":".spec.source.template.name","priority":1}"#,
+    printcolumn = r#"{"name":"Plan","type":"string","jsonPath":".status.terraform.plan.id","priority":1}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.availableReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -68,6 +72,7 @@ pub struct ServiceSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.image), has(self.git), has(self.template)].filter(x, x).size() == 1").message("spec.source: set exactly one of image, git or template"))]
+#[x_kube(validation = Rule::new("has(self.template) == has(oldSelf.template) && (!has(self.template) || self.template.name == oldSelf.template.name)").message("spec.source.template: a Service cannot switch to or from a template, or to another template; delete it (its infrastructure is destroyed or retained per deletionPolicy) and create a new one"))]
 pub struct Source {
     /// A container image reference, e.g. `registry.example/shop/api:1.4.2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,39 @@ pub struct TemplateSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub inputs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `Auto` (default) applies every plan; `Manual` shows the plan in
+    /// status and applies it once an environment owner approves that plan id
+    /// (annotation `mahler.dev/approve-plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// How often the real infrastructure is compared with the state (a
+    /// `tofu plan`), as a duration such as `30m` or `1h` (default `1h`;
+    /// `0s` turns drift checks off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    pub drift_check_interval: Option<String>,
+    /// What to do when drift is found: `Correct` (default: apply, subject to
+    /// `approval`) or `Hold` (report it and change nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_policy: Option<DriftPolicy>,
+    /// `Delete` destroys the infrastructure with the Service; `Retain` keeps
+    /// it (and its state). Defaults to the Environment's `deletionPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<crate::crd::DeletionPolicy>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Approval {
+    #[default]
+    Auto,
+    Manual,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DriftPolicy {
+    #[default]
+    Correct,
+    Hold,
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -226,4 +264,104 @@ pub struct ServiceStatus {
     /// Services this one is connected to (variables injected).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connected_to: Vec<String>,
+    /// Template Services: the non-sensitive outputs of the last apply.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// Template Services: the Secret holding every published output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_secret: Option<String>,
+    /// Template Services: hash of all output values; consumers' pods carry it
+    /// and re-roll when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_hash: Option<String>,
+    /// Template Services: the Terraform engine's view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terraform: Option<TerraformStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TerraformStatus {
+    /// Hash of the workspace (module, inputs, backend, providers) last
+    /// applied successfully; equal to the desired one means nothing to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_time: Option<String>,
+    /// When the infrastructure was last compared with the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drift_check_time: Option<String>,
+    /// The most recent plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanStatus>,
+    /// The most recent OpenTofu run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunStatus>,
+    /// The state lock (a Lease next to the state Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockStatus>,
+    /// The Secret holding the Terraform state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_secret: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStatus {
+    /// Identifies this exact plan; approve it with
+    /// `kubectl annotate msvc NAME mahler.dev/approve-plan=ID`.
+    pub id: String,
+    /// Hash of the workspace the plan was made from.
+    pub workspace_hash: String,
+    pub add: i32,
+    pub change: i32,
+    pub destroy: i32,
+    /// Why the plan was made: `Create`, `Update`, `Drift`.
+    pub trigger: String,
+    /// `Pending` (awaits approval), `Applied`, `Superseded`, `NoChanges`.
+    pub phase: String,
+    /// Resource changes, `<action> <address>` (at most 50 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<PlannedResource>,
+    /// Who approved it (for manual approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedResource {
+    pub address: String,
+    pub action: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// `Plan`, `Apply`, `Destroy`, `DriftCheck`, `Validate`.
+    pub operation: String,
+    /// `Succeeded`, `Failed`, `TimedOut`, `Cancelled`.
+    pub result: String,
+    pub started_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_millis: Option<i64>,
+    /// The error, when it failed (diagnostics, at most 2 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The workspace the run was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_hash: Option<String>,
+    /// Consecutive failed runs of this workspace (retries back off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LockStatus {
+    /// `Free`, `Held` (a run of this operator), `Blocked` (someone else
+    /// holds it), `Recovered` (an orphaned lock was released).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

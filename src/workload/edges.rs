@@ -85,6 +85,12 @@ pub struct Edges {
     pub env: Vec<KubeEnvVar>,
     /// Outcome per Connection name.
     pub outcomes: BTreeMap<String, EdgeOutcome>,
+    /// `valueFrom.serviceOutput` variables, resolved to the producing
+    /// Service's outputs Secret: variable → (Secret name, key).
+    pub outputs: BTreeMap<String, (String, String)>,
+    /// Hash of the outputs those variables read; on the pod template, so
+    /// the pods re-roll when an output changes.
+    pub outputs_hash: Option<String>,
 }
 
 impl Edges {

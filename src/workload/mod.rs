@@ -34,10 +34,13 @@ pub const SERVICE_LABEL: &str = "mahler.dev/service";
 /// Label on a Connection's NetworkPolicy.
 pub const CONNECTION_LABEL: &str = "mahler.dev/connection";
 
+/// Pod-template annotation: hash of the template outputs the pods read.
+pub const OUTPUTS_HASH_ANNOTATION: &str = "mahler.dev/outputs-hash";
+
 /// Why a Service's spec cannot be turned into a workload (yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpecProblem {
-    /// `source.git` / `source.template`: handled by engines not enabled here.
+    /// `source.git`: handled by an engine not enabled here.
     UnsupportedSource(&'static str),
     /// `healthCheck.port` names no port.
     UnknownHealthCheckPort(String),
@@ -68,7 +71,7 @@ impl SpecProblem {
                 key,
             } => (
                 "OutputUnavailable",
-                format!("spec.env {variable}: Service {service} publishes no output {key}"),
+                format!("spec.env {variable}: output {key} of Service {service} is not available"),
             ),
         }
     }
@@ -162,12 +165,27 @@ fn container_env(svc: &Service, edges: &Edges) -> Result<Vec<KubeEnvVar>, SpecPr
             None => None,
             Some(from) => {
                 if let Some(out) = &from.service_output {
-                    // Outputs come from template Services, which this operator does not run yet.
-                    return Err(SpecProblem::OutputUnavailable {
-                        variable: var.name.clone(),
-                        service: out.service.clone(),
-                        key: out.key.clone(),
+                    // Resolved by the controller (it knows the producer's state).
+                    let Some((secret, key)) = edges.outputs.get(&var.name) else {
+                        return Err(SpecProblem::OutputUnavailable {
+                            variable: var.name.clone(),
+                            service: out.service.clone(),
+                            key: out.key.clone(),
+                        });
+                    };
+                    env.push(KubeEnvVar {
+                        name: var.name.clone(),
+                        value: None,
+                        value_from: Some(KubeEnvVarSource {
+                            secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                                name: secret.clone(),
+                                key: key.clone(),
+                                optional: None,
+                            }),
+                            ..Default::default()
+                        }),
                     });
+                    continue;
                 }
                 Some(KubeEnvVarSource {
                     secret_key_ref: from.secret_key_ref.clone(),
@@ -230,6 +248,9 @@ pub fn desired_deployment(svc: &Service, edges: &Edges) -> Result<Deployment, Sp
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(svc)),
+                    annotations: edges.outputs_hash.as_ref().map(|h| {
+                        BTreeMap::from([(OUTPUTS_HASH_ANNOTATION.to_string(), h.clone())])
+                    }),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
