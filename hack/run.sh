@@ -6,6 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tools=$(hack/tools.sh dir)
+mirror=$(hack/tools.sh mirror)
 kubectl=$tools/kubectl
 eval "$(hack/cluster.sh up mahler)"
 dir=$(dirname "$KUBECONFIG")
@@ -17,15 +18,17 @@ if [[ -f $dir/operator.pid ]] && kill -0 "$(cat "$dir/operator.pid")" 2>/dev/nul
   kill "$(cat "$dir/operator.pid")"; sleep 1
 fi
 MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8080} \
+  MAHLER_TOFU=$tools/tofu MAHLER_PROVIDER_MIRROR=$mirror MAHLER_TOFU_WORKDIR=$dir/tofu \
   nohup target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log, metrics http://127.0.0.1:${MAHLER_METRICS_PORT:-8080}/metrics)"
 
 "$kubectl" apply -f manifests/examples/00-shop-project.yaml
 "$kubectl" wait --for=condition=Ready environments.mahler.dev --all --timeout=60s >/dev/null
-"$kubectl" apply -f manifests/examples/10-shop-services.yaml
+"$kubectl" apply -f manifests/templates/
+"$kubectl" apply -f manifests/examples/10-shop-services.yaml -f manifests/examples/20-shop-credentials.yaml
 "$kubectl" wait --for=condition=Ready projects.mahler.dev,environments.mahler.dev --all --timeout=60s >/dev/null
-"$kubectl" wait --for=condition=Ready services.mahler.dev,connections.mahler.dev --all -A --timeout=60s >/dev/null
+"$kubectl" wait --for=condition=Ready services.mahler.dev,connections.mahler.dev,resourcetemplates.mahler.dev --all -A --timeout=120s >/dev/null
 echo
 "$kubectl" get mahler -A
 echo

@@ -7,6 +7,8 @@ cd "$root"
 
 export MAHLER_TOOLS_DIR
 MAHLER_TOOLS_DIR=$(hack/tools.sh dir)
+export MAHLER_PROVIDER_MIRROR
+MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
 
 echo ">> unit tests"
 cargo test --lib --bins --test crds
@@ -26,7 +28,7 @@ trap cleanup EXIT
 echo ">> starting the test cluster"
 hack/cluster.sh up "$name" >/dev/null
 echo ">> end-to-end tests (operator log: $MAHLER_TEST_DIR/operator.log)"
-if ! cargo test --test e2e -- --test-threads="${E2E_THREADS:-4}"; then
+if ! cargo test --test e2e -- ${E2E_FILTER:-} --test-threads="${E2E_THREADS:-4}"; then
   echo ">> operator log (last 80 lines):"
   tail -n 80 "$MAHLER_TEST_DIR/operator.log" || true
   exit 1

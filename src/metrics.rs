@@ -36,8 +36,20 @@ pub struct WriteLabels {
     pub verb: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    /// Apply | Plan | DriftCheck | Destroy
+    pub operation: String,
+    /// Applied | Planned | InSync | Destroyed | LockHeld | Failed ...
+    pub result: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    tofu_runs: Family<RunLabels, Counter>,
+    tofu_run_seconds: Histogram,
+    /// `tofu` processes started (init, plan, apply, show, output, ...).
+    pub tofu_processes: Counter,
     reconciles: Family<ResultLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram>,
@@ -55,6 +67,24 @@ impl Default for Metrics {
         });
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
+        let tofu_runs = Family::<RunLabels, Counter>::default();
+        let tofu_run_seconds = Histogram::new(exponential_buckets(0.25, 2.0, 12));
+        let tofu_processes = Counter::default();
+        registry.register(
+            "tofu_runs",
+            "Terraform engine jobs by operation and outcome",
+            tofu_runs.clone(),
+        );
+        registry.register(
+            "tofu_run_seconds",
+            "Duration of one Terraform engine job (all its tofu commands)",
+            tofu_run_seconds.clone(),
+        );
+        registry.register(
+            "tofu_processes",
+            "tofu processes started",
+            tofu_processes.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconcile passes by kind and result (ok, error)",
@@ -82,6 +112,9 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            tofu_runs,
+            tofu_run_seconds,
+            tofu_processes,
             reconciles,
             errors,
             durations,
@@ -121,6 +154,16 @@ impl Metrics {
                 verb: verb.into(),
             })
             .inc();
+    }
+
+    pub fn tofu_run(&self, operation: &str, result: &str, elapsed: Duration) {
+        self.tofu_runs
+            .get_or_create(&RunLabels {
+                operation: operation.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.tofu_run_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.

@@ -319,7 +319,7 @@ pub async fn run(
 ) {
     let (caches, feeds, router) = cache::start(client.clone());
     let engine = match settings.engine.clone() {
-        Some(cfg) => crate::terraform::Engine::new(cfg, client.clone())
+        Some(cfg) => crate::terraform::Engine::new(cfg, client.clone(), metrics.clone())
             .await
             .map(Arc::new),
         None => Err("the operator was started without the Terraform engine (set MAHLER_TOFU and MAHLER_PROVIDER_MIRROR)".to_string()),

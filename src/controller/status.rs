@@ -94,12 +94,7 @@ where
         secondary: None,
     };
     let reference = obj.object_ref(&());
-    match ctx.recorder.publish(&event, &reference).await {
-        Ok(()) => ctx.metrics.wrote("Event", "event"),
-        Err(error) => {
-            tracing::warn!(%error, object = %obj.meta().name.as_deref().unwrap_or_default(), "could not publish event")
-        }
-    }
+    report(ctx, obj, ctx.recorder.publish(&event, &reference).await);
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -130,10 +125,21 @@ where
         action: "Terraform".to_string(),
         secondary: None,
     };
-    match ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    report(
+        ctx,
+        obj,
+        ctx.recorder.publish(&event, &obj.object_ref(&())).await,
+    );
+}
+
+fn report<K: Resource>(ctx: &Context, obj: &K, result: Result<(), kube::Error>) {
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    match result {
         Ok(()) => ctx.metrics.wrote("Event", "event"),
-        Err(error) => {
-            tracing::warn!(%error, object = %obj.meta().name.as_deref().unwrap_or_default(), "could not publish event")
+        // Expected while an environment's namespace is deleted.
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => {
+            tracing::debug!(object = %name, "no event: namespace terminating")
         }
+        Err(error) => tracing::warn!(%error, object = %name, "could not publish event"),
     }
 }

@@ -89,6 +89,13 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         return delete(ctx, svc, st, src, &engine, &key, backend, running).await;
     }
     if let Some((kind, started)) = running {
+        // A drift check of applied infrastructure leaves it Ready (and the
+        // status unchanged): only what it finds is news.
+        if matches!(kind, JobKind::DriftCheck { .. }) && st.tf.applied_hash.is_some() {
+            st.drifted = drifted_message(&current);
+            let health = Health::ready(ready_message(&st, "applied"));
+            return finish(ctx, svc, st, health, Some(ctx.resync())).await;
+        }
         let health = Health::progressing(
             running_reason(&kind),
             format!(
@@ -211,7 +218,14 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
     if !interval.is_zero() && since_check.is_none_or(|s| s >= interval) {
         let correct = policy == DriftPolicy::Correct && approval == Approval::Auto;
         start(JobKind::DriftCheck { correct });
-        let health = Health::ready(ready_message(&st, "checking for drift"));
+        if let Some(c) = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DRIFTED && c.status == "True")
+        {
+            st.drifted = Some(c.message.clone());
+        }
+        let health = Health::ready(ready_message(&st, "applied"));
         return finish(ctx, svc, st, health, Some(ctx.resync())).await;
     }
     if let Some(plan) = &pending {
@@ -255,6 +269,15 @@ struct Pass {
     tf: TerraformStatus,
     /// `Some(message)`: the Drifted condition is True.
     drifted: Option<String>,
+}
+
+/// The message of a True Drifted condition, to keep it while nothing new is known.
+fn drifted_message(status: &ServiceStatus) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == DRIFTED && c.status == "True")
+        .map(|c| c.message.clone())
 }
 
 fn running_reason(kind: &JobKind) -> &'static str {
@@ -450,12 +473,21 @@ async fn record(
                 fail(&mut run, "Failed", message);
             } else {
                 publish_outputs(ctx, svc, st, &declared, outputs).await?;
+                protect_state(
+                    ctx,
+                    &Backend::for_service(&svc.namespace().unwrap_or_default(), &svc.name_any()),
+                    true,
+                )
+                .await?;
                 st.tf.applied_hash = Some(result.workspace_hash.clone());
                 st.tf.last_applied_time = Some(now.clone());
                 st.tf.last_drift_check_time = Some(now.clone());
                 if plan.add + plan.change + plan.destroy > 0 {
                     let mut plan = plan.clone();
                     if let JobKind::ApplyApproved(_) = result.kind {
+                        if let Some(pending) = &st.tf.plan {
+                            plan.trigger = pending.trigger.clone();
+                        }
                         plan.approved_by = Some(
                             svc.annotations()
                                 .get(APPROVED_BY_ANNOTATION)
@@ -696,9 +728,14 @@ async fn delete(
         } else {
             "infrastructure destroyed".to_string()
         };
+        // The state is no longer guarded: it is empty (destroyed) or the
+        // user chose to keep the resources. A state kept inside a namespace
+        // that is being deleted goes with it; say so.
+        protect_state(ctx, &backend, false).await?;
         if policy == DeletionPolicy::Delete && !forced {
-            // Destroyed: the state is empty; drop it and its lock.
             drop_state(ctx, &backend).await?;
+        } else if ctx.caches.namespace_terminating(&ns) {
+            status::event(ctx, svc, true, "StateRemoved", &format!("the namespace is being deleted, so the state Secret {} goes with it; the retained infrastructure is no longer tracked", backend.state_secret())).await;
         }
         status::event(ctx, svc, false, "Deleted", &note).await;
         finalizer::remove(ctx, svc).await?;
@@ -750,6 +787,49 @@ async fn delete(
 /// `kubectl annotate msvc NAME mahler.dev/force-delete=true` removes a
 /// template Service without destroying its infrastructure.
 pub const FORCE_DELETE_ANNOTATION: &str = "mahler.dev/force-delete";
+
+/// Finalizer on the state Secret: deleting the namespace (or the Secret by
+/// hand) cannot drop the state before `tofu destroy` has used it.
+pub const STATE_FINALIZER: &str = "mahler.dev/terraform-state";
+
+/// Adds or removes [`STATE_FINALIZER`] on the state Secret.
+async fn protect_state(ctx: &Context, backend: &Backend, protect: bool) -> Result<(), Error> {
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), &backend.namespace);
+    let Some(secret) = secrets
+        .get_metadata_opt(&backend.state_secret())
+        .await
+        .map_err(Error::Kube)?
+    else {
+        return Ok(());
+    };
+    let finalizers = secret.metadata.finalizers.clone().unwrap_or_default();
+    let has = finalizers.iter().any(|f| f == STATE_FINALIZER);
+    if has == protect {
+        return Ok(());
+    }
+    let finalizers: Vec<String> = if protect {
+        finalizers
+            .into_iter()
+            .chain([STATE_FINALIZER.to_string()])
+            .collect()
+    } else {
+        finalizers
+            .into_iter()
+            .filter(|f| f != STATE_FINALIZER)
+            .collect()
+    };
+    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": secret.metadata.resource_version}});
+    secrets
+        .patch(
+            &backend.state_secret(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+    ctx.metrics.wrote("Secret", "finalizer");
+    Ok(())
+}
 
 /// Deletes the (empty) state Secret and the lock Lease after a destroy.
 async fn drop_state(ctx: &Context, backend: &Backend) -> Result<(), Error> {

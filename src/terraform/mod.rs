@@ -154,14 +154,17 @@ pub struct Engine {
     fingerprint: String,
     cli_config: Option<PathBuf>,
     hostname: String,
-    /// tofu processes started since the operator started (a metric).
-    pub processes: std::sync::atomic::AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
     /// Prepares the working directory, the CLI configuration (mirror and
     /// plugin cache) and the fingerprint. Fails when `tofu` cannot run.
-    pub async fn new(cfg: EngineConfig, client: Client) -> Result<Self, String> {
+    pub async fn new(
+        cfg: EngineConfig,
+        client: Client,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, String> {
         std::fs::create_dir_all(cfg.workdir.join("plugin-cache"))
             .map_err(|e| format!("cannot create {}: {e}", cfg.workdir.display()))?;
         // The CLI configuration first: without one, tofu prints a warning
@@ -215,7 +218,7 @@ impl Engine {
             fingerprint,
             cli_config,
             hostname,
-            processes: std::sync::atomic::AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -350,6 +353,15 @@ impl Engine {
             Err(o) => o,
         };
         let duration = clock.elapsed();
+        let result = match &outcome {
+            Outcome::Applied { .. } => "Applied",
+            Outcome::Planned { .. } => "Planned",
+            Outcome::InSync { .. } => "InSync",
+            Outcome::Destroyed => "Destroyed",
+            Outcome::LockHeld { .. } => "LockHeld",
+            Outcome::Failed { result, .. } => result,
+        };
+        self.metrics.tofu_run(kind.operation(), result, duration);
         match &outcome {
             Outcome::Failed {
                 reason, message, ..
@@ -397,8 +409,15 @@ impl Engine {
         if init.code() != Some(0) {
             return Err(format!("tofu init: {}", init.error_text()));
         }
-        let validate = run(&["validate", "-json"]).await.map_err(outcome_text)?;
-        if validate.code() != Some(0) || !validate.stream.errors().is_empty() {
+        let validate = self
+            .tofu(&dir, &ws, &["validate", "-json"], true)
+            .await
+            .map_err(outcome_text)?;
+        let document = validate.stdout.as_deref().unwrap_or_default();
+        if let Some(errors) = stream::validate_errors(document) {
+            return Err(process::truncate(&errors, 2048));
+        }
+        if validate.code() != Some(0) {
             return Err(validate.error_text());
         }
         Ok(())
@@ -412,8 +431,7 @@ impl Engine {
         args: &[&str],
         keep_stdout: bool,
     ) -> Result<Output, Outcome> {
-        self.processes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.tofu_processes.inc();
         let env = self.env(ws);
         let deadline = tokio::time::Instant::now() + self.cfg.timeout;
         process::run(

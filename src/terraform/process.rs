@@ -1,5 +1,5 @@
 //! Running the `tofu` binary: one child process per command, its `-json`
-//! stdout parsed as it arrives, a bounded tail of its output kept for error
+//! output parsed when it ends, a bounded tail of its output kept for error
 //! messages, and a deadline / cancellation that interrupts it the way a
 //! person would (SIGINT: OpenTofu stops after in-flight operations, writes
 //! its state and releases the lock), then kills it if it will not stop.
@@ -74,6 +74,13 @@ pub async fn run(
     deadline: tokio::time::Instant,
     cancel: &CancellationToken,
 ) -> std::io::Result<Output> {
+    // Output goes to files in the workspace, not pipes: if the operator dies
+    // mid-apply, OpenTofu must not die of a broken pipe before it has
+    // written its state; it finishes, releases its lock, and the next
+    // operator finds the result.
+    let name = inv.args.first().map(String::as_str).unwrap_or("tofu");
+    let out_path = inv.dir.join(format!(".mahler-{name}.stdout"));
+    let err_path = inv.dir.join(format!(".mahler-{name}.stderr"));
     let mut cmd = Command::new(inv.tofu);
     cmd.args(&inv.args)
         .current_dir(inv.dir)
@@ -82,46 +89,10 @@ pub async fn run(
         .env("TF_INPUT", "0")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // A dropped run (operator stopping) must not leave a process behind
-        // holding the lock forever; the interrupt path below is the normal one.
-        .kill_on_drop(true);
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?);
     let mut child = cmd.spawn()?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-
-    let keep = inv.keep_stdout;
-    let read_stdout = async move {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut stream = Stream::default();
-        let mut tail = VecDeque::new();
-        let mut raw = keep.then(String::new);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(raw) = raw.as_mut() {
-                raw.push_str(&line);
-                raw.push('\n');
-                continue;
-            }
-            if line.starts_with('{') {
-                stream.push(&line);
-            } else {
-                push_tail(&mut tail, line);
-            }
-        }
-        (stream, tail, raw)
-    };
-    let read_stderr = async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut tail = VecDeque::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            push_tail(&mut tail, line);
-        }
-        tail
-    };
-    let readers = async { futures::join!(read_stdout, read_stderr) };
-    tokio::pin!(readers);
 
     let mut exit = None;
     let status = tokio::select! {
@@ -129,24 +100,48 @@ pub async fn run(
         _ = tokio::time::sleep_until(deadline) => { exit = Some(Exit::TimedOut); None }
         _ = cancel.cancelled() => { exit = Some(Exit::Cancelled); None }
     };
-    if status.is_none() {
-        if let Some(pid) = pid {
-            // Ignore errors: the process may have just exited.
-            let _ = kill(pid, Signal::SIGINT);
+    let status = match status {
+        Some(s) => Some(s),
+        None => {
+            if let Some(pid) = pid {
+                // Ignore errors: the process may have just exited.
+                let _ = kill(pid, Signal::SIGINT);
+            }
+            match tokio::time::timeout(GRACE, child.wait()).await {
+                Ok(s) => s.ok(),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    None
+                }
+            }
         }
-        if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
-            let _ = child.kill().await;
-        }
-    }
-    let ((stream, out_tail, raw), err_tail) = (&mut readers).await;
+    };
     let exit = match (exit, status) {
         (Some(e), _) => e,
         (None, Some(s)) => Exit::Code(s.code().unwrap_or(-1)),
         (None, None) => Exit::Code(-1),
     };
-    let tail = out_tail
+
+    let mut stream = Stream::default();
+    let mut tail = VecDeque::new();
+    let mut raw = inv.keep_stdout.then(String::new);
+    let mut lines = BufReader::new(tokio::fs::File::open(&out_path).await?).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(raw) = raw.as_mut() {
+            raw.push_str(&line);
+            raw.push('\n');
+        } else if line.starts_with('{') {
+            stream.push(&line);
+        } else {
+            push_tail(&mut tail, line);
+        }
+    }
+    let mut lines = BufReader::new(tokio::fs::File::open(&err_path).await?).lines();
+    while let Some(line) = lines.next_line().await? {
+        push_tail(&mut tail, line);
+    }
+    let tail = tail
         .into_iter()
-        .chain(err_tail)
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>()
         .join("\n");

@@ -196,8 +196,47 @@ impl Stream {
     }
 }
 
+/// Errors from `tofu validate -json`, which prints one JSON document
+/// (`{"valid": false, "diagnostics": [...]}`) rather than a stream.
+pub fn validate_errors(document: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Validate {
+        valid: bool,
+        #[serde(default)]
+        diagnostics: Vec<RawDiagnostic>,
+    }
+    let v: Validate = serde_json::from_str(document).ok()?;
+    if v.valid {
+        return None;
+    }
+    let mut s = Stream::default();
+    for d in v.diagnostics {
+        s.diagnostics.push(Diagnostic {
+            error: d.severity == "error",
+            summary: d.summary,
+            detail: d.detail,
+            at: d.range.map(|r| format!("{}:{}", r.filename, r.start.line)),
+            address: d.address,
+        });
+    }
+    Some(s.errors())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn validate_documents_list_their_errors() {
+        let doc = r#"{"format_version":"1.0","valid":false,"error_count":1,"warning_count":0,"diagnostics":[{"severity":"error","summary":"Unsupported argument","detail":"An argument named \"lenght\" is not expected here.","range":{"filename":"main.tf","start":{"line":2,"column":3,"byte":38},"end":{"line":2,"column":9,"byte":44}}}]}"#;
+        assert_eq!(
+            super::validate_errors(doc).unwrap(),
+            r#"main.tf:2: Unsupported argument (An argument named "lenght" is not expected here.)"#
+        );
+        assert_eq!(
+            super::validate_errors(r#"{"valid":true,"diagnostics":[]}"#),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

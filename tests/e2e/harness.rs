@@ -29,6 +29,7 @@ pub struct TestEnv {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     pub audit_log: PathBuf,
+    pub tools: PathBuf,
     operator_kubeconfig: PathBuf,
     operator: Mutex<Option<Child>>,
     pub metrics_port: u16,
@@ -113,12 +114,18 @@ impl TestEnv {
             ],
             None,
         );
+        run(&[
+            "apply",
+            "-f",
+            root.join("manifests/templates").to_str().unwrap(),
+        ]);
         let metrics_port = free_port();
         let env = TestEnv {
             dir,
             kubeconfig,
             kubectl,
             audit_log,
+            tools: tools.clone(),
             operator_kubeconfig,
             operator: Mutex::new(None),
             metrics_port,
@@ -144,6 +151,13 @@ impl TestEnv {
             .env("MAHLER_LEASE_SECONDS", "6")
             .env("POD_NAMESPACE", "mahler-system")
             .env("RUST_LOG", "info,mahler=debug,kube=warn")
+            .env("MAHLER_TOFU", self.tools.join("tofu"))
+            .env(
+                "MAHLER_PROVIDER_MIRROR",
+                std::env::var("MAHLER_PROVIDER_MIRROR")
+                    .expect("MAHLER_PROVIDER_MIRROR is not set: run `make test`"),
+            )
+            .env("MAHLER_TOFU_WORKDIR", self.dir.join("tofu"))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -206,6 +220,29 @@ impl TestEnv {
             .filter(|e| e["user"]["username"] == OPERATOR_USER)
             .filter(|e| e["objectRef"]["resource"] != "leases")
             .collect()
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the operator has run `n` more Service reconciles (resyncs
+    /// come every 2 s in tests): a readiness signal, not a sleep.
+    pub async fn service_reconciles(&self, n: f64) {
+        let series = r#"mahler_reconciles_total{kind="Service",result="ok"}"#;
+        let target = self.metric(series) + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.metric(series) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator stopped reconciling"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     pub fn metrics(&self) -> String {

@@ -3,6 +3,7 @@
 //! objects and status.
 
 mod harness;
+mod terraform;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -689,7 +690,12 @@ async fn a_pass_with_nothing_to_do_writes_nothing() {
     env.apply(&service_yaml(&ns, "a", "a:1", "[{name: http, port: 80}]"));
     env.apply(&service_yaml(&ns, "b", "b:1", "[{name: http, port: 80}]"));
     env.apply(&connection_yaml(&ns, "a-b", "a", "b", 80));
+    // A template Service too: its no-op resync must start no tofu process.
+    env.apply(&format!(
+        "apiVersion: mahler.dev/v1alpha1\nkind: Service\nmetadata: {{name: t, namespace: {ns}}}\nspec:\n  source:\n    template: {{name: config-bundle, inputs: {{settings: {{A: a}}}}}}\n"
+    ));
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    wait_for(&services, "t", "Ready", is_ready(svc_conditions)).await;
     wait_for(
         &Api::<Connection>::namespaced(client.clone(), &ns),
         "a-b",
@@ -711,6 +717,7 @@ async fn a_pass_with_nothing_to_do_writes_nothing() {
     settle(env).await;
     let writes_before = env.operator_writes().len();
     let reconciles_before = reconciles(&env.metrics());
+    let tofu_before = env.metric("mahler_tofu_processes_total");
     tokio::time::sleep(Duration::from_secs(7)).await;
     let new_writes: Vec<_> = env
         .operator_writes()
@@ -718,6 +725,11 @@ async fn a_pass_with_nothing_to_do_writes_nothing() {
         .skip(writes_before)
         .collect();
     let reconciled = reconciles(&env.metrics()) - reconciles_before;
+    assert_eq!(
+        env.metric("mahler_tofu_processes_total"),
+        tofu_before,
+        "a no-op resync started tofu"
+    );
     assert!(
         reconciled >= 10,
         "the window must span resyncs (saw {reconciled} reconciles)"
