@@ -272,7 +272,7 @@ async fn main() {
         .unwrap();
     }
     println!(
-        "{n} template Services applied (each a real init + plan + apply) in {:.1} s",
+        "{n} template Services applied (each a real tofu init + apply) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     let resync = Duration::from_secs(

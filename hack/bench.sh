@@ -22,8 +22,13 @@ tools=$(hack/tools.sh dir)
 "$tools/kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export MAHLER_RESYNC_SECONDS=${MAHLER_RESYNC_SECONDS:-10}
+export MAHLER_TOFU=$tools/tofu MAHLER_TOFU_WORKDIR=$dir/tofu
+export MAHLER_PROVIDER_MIRROR
+MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
 MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port MAHLER_CONCURRENCY=${MAHLER_CONCURRENCY:-32} \
   target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS=http://127.0.0.1:$port/metrics
-cargo bench --bench converge
+# BENCH=converge or BENCH=terraform runs one part only.
+if [[ ${BENCH:-all} != terraform ]]; then cargo bench --bench converge; fi
+if [[ ${BENCH:-all} != converge ]]; then cargo bench --bench terraform; fi

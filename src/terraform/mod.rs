@@ -51,7 +51,7 @@ pub struct EngineConfig {
 /// What a job does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobKind {
-    /// Plan and apply (auto approval).
+    /// Plan and apply in one `tofu apply` (auto approval).
     Converge,
     /// Plan and stop: the plan waits for approval.
     PlanOnly,
@@ -486,7 +486,39 @@ impl Engine {
             };
         }
 
-        // Plan.
+        if let JobKind::Converge = kind {
+            // Auto approval: nobody reviews the plan between planning and
+            // applying, so OpenTofu plans and applies in one process (one
+            // provider start-up, as a person running `tofu apply` would).
+            // The `-json` stream still reports every planned change.
+            let mut args = vec!["apply", "-auto-approve", "-input=false", "-json"];
+            args.extend(&lock_args);
+            let out = self.tofu(&dir, ws, &args, false).await?;
+            if out.code() != Some(0) {
+                return Err(failed("ApplyFailed", &out));
+            }
+            let (add, change, destroy) = out.stream.counts();
+            let trigger = if out.stream.changes.iter().all(|c| c.action == "create") {
+                "Create"
+            } else {
+                "Update"
+            };
+            let plan = PlanStatus {
+                id: plan_id(&ws.hash, &format!("{:?}", out.stream.changes)),
+                workspace_hash: ws.hash.clone(),
+                add,
+                change,
+                destroy,
+                trigger: trigger.to_string(),
+                phase: "Applied".to_string(),
+                resources: out.stream.changes.iter().take(50).cloned().collect(),
+                approved_by: None,
+            };
+            let outputs = self.outputs(&dir, ws).await?;
+            return Ok(Outcome::Applied { plan, outputs });
+        }
+
+        // Plan (saved, so exactly this plan is what gets applied).
         let plan_file = "mahler.tfplan";
         let mut args = vec![
             "plan",
@@ -574,7 +606,7 @@ impl Engine {
             });
         }
         let apply = match kind {
-            JobKind::Converge => true,
+            JobKind::Converge => unreachable!("handled above"),
             JobKind::PlanOnly => false,
             JobKind::ApplyApproved(approved) => approved == &plan.id,
             JobKind::DriftCheck { correct } => *correct,
@@ -618,20 +650,33 @@ impl Engine {
         Ok(())
     }
 
+    /// The root module's outputs, read from the state the run just wrote
+    /// (the backend's Secret) rather than by another `tofu output` process.
     async fn outputs(
         &self,
-        dir: &Path,
+        _dir: &Path,
         ws: &Workspace,
     ) -> Result<BTreeMap<String, OutputValue>, Outcome> {
-        let out = self.tofu(dir, ws, &["output", "-json"], true).await?;
-        if out.code() != Some(0) {
-            return Err(failed("OutputFailed", &out));
-        }
-        parse_outputs(out.stdout.as_deref().unwrap_or("{}")).map_err(|e| Outcome::Failed {
+        let failed = |message: String| Outcome::Failed {
             reason: "OutputFailed",
             result: "Failed",
-            message: format!("tofu output -json: {e}"),
-        })
+            message,
+        };
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &ws.backend.namespace);
+        let name = ws.backend.state_secret();
+        let secret = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| failed(format!("reading the state Secret {name}: {e}")))?;
+        let Some(raw) = secret
+            .and_then(|s| s.data)
+            .and_then(|mut d| d.remove("tfstate"))
+        else {
+            return Ok(BTreeMap::new());
+        };
+        let json = gunzip(&raw.0).map_err(|e| failed(format!("state Secret {name}: {e}")))?;
+        state_outputs(&json).map_err(|e| failed(format!("state Secret {name}: {e}")))
     }
 
     /// Looks at the state lock before a run: free → go; orphaned → release
@@ -736,6 +781,28 @@ fn strip_timestamp(show: &str) -> String {
         }
         Err(_) => show.to_string(),
     }
+}
+
+/// The backend gzips the state (`encoding: gzip`); older states are plain.
+fn gunzip(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw.to_vec());
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(raw).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Outputs of a state document (`{"outputs": {name: {value, sensitive}}}`).
+fn state_outputs(state: &[u8]) -> Result<BTreeMap<String, OutputValue>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct State {
+        #[serde(default)]
+        outputs: serde_json::Map<String, serde_json::Value>,
+    }
+    let state: State = serde_json::from_slice(state)?;
+    parse_outputs(&serde_json::Value::Object(state.outputs).to_string())
 }
 
 fn parse_outputs(raw: &str) -> Result<BTreeMap<String, OutputValue>, serde_json::Error> {
@@ -880,6 +947,25 @@ mod tests {
         assert_eq!(got["port"].value, "5432");
         assert_eq!(got["url"].value, "postgres://x");
         assert!(got["pw"].sensitive);
+    }
+
+    #[test]
+    fn outputs_come_from_the_gzipped_state() {
+        use std::io::Write;
+        let state = br#"{"version":4,"serial":3,"outputs":{"url":{"value":"postgres://x","type":"string","sensitive":true},"n":{"value":2,"type":"number"}},"resources":[]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(state).unwrap();
+        let raw = gz.finish().unwrap();
+        let outputs = state_outputs(&gunzip(&raw).unwrap()).unwrap();
+        assert_eq!(
+            outputs["url"],
+            OutputValue {
+                value: "postgres://x".into(),
+                sensitive: true
+            }
+        );
+        assert_eq!(outputs["n"].value, "2");
+        assert!(state_outputs(br#"{"version":4}"#).unwrap().is_empty());
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(std::fs::File::create(&err_path)?);
+    let started = std::time::Instant::now();
     let mut child = cmd.spawn()?;
     let pid = child.id().map(|p| Pid::from_raw(p as i32));
 
@@ -121,6 +122,7 @@ pub async fn run(
         (None, Some(s)) => Exit::Code(s.code().unwrap_or(-1)),
         (None, None) => Exit::Code(-1),
     };
+    tracing::debug!(command = ?inv.args, ?exit, ms = started.elapsed().as_millis() as u64, "tofu");
 
     let mut stream = Stream::default();
     let mut tail = VecDeque::new();
