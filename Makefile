@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build tools crds cluster cluster-down run stop test unit e2e bench lint fmt clean
+.PHONY: all build tools crds cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
 
 all: build
 
@@ -38,6 +38,14 @@ unit:
 
 bench: tools
 	hack/bench.sh
+
+# `tofu validate` of every shipped template, the cloud-shaped ones included
+# (builds the AWS provider into a mirror: a very large first build).
+validate-templates: tools
+	MAHLER_TOFU=$$(hack/tools.sh dir)/tofu \
+	MAHLER_PROVIDER_MIRROR=$$(hack/tools.sh mirror) \
+	MAHLER_CLOUD_PROVIDER_MIRROR=$$(hack/tools.sh mirror aws) \
+	$(CARGO) test --test templates -- --include-ignored
 
 lint:
 	$(CARGO) fmt --check

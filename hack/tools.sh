@@ -6,7 +6,8 @@
 #   hack/tools.sh build [component...]  build what is missing (default: all)
 #   hack/tools.sh dir   [component...]  build what is missing, print a dir
 #                                       holding every binary (symlinks)
-#   hack/tools.sh mirror                build the providers, print an OpenTofu
+#   hack/tools.sh mirror [aws]          build the providers (random, null,
+#                                       kubernetes [, aws]), print an OpenTofu
 #                                       filesystem mirror holding them
 #
 # Cache: ${MAHLER_TOOLS_CACHE:-~/.cache/mahler/tools}/<component>-<hash>/,
@@ -31,6 +32,8 @@ binaries() {
     provider-random) echo "terraform-provider-random=github.com/terraform-providers/terraform-provider-random" ;;
     provider-null) echo "terraform-provider-null=github.com/terraform-providers/terraform-provider-null" ;;
     provider-kubernetes) echo "terraform-provider-kubernetes=github.com/hashicorp/terraform-provider-kubernetes" ;;
+    # Not in the default set: a very large build, only for `make validate-templates`.
+    provider-aws) echo "terraform-provider-aws=github.com/hashicorp/terraform-provider-aws" ;;
     *) echo "unknown component: $1" >&2; return 1 ;;
   esac
 }
@@ -81,6 +84,7 @@ provider_version() {
     random) echo 3.9.0 ;;
     null) echo 2.1.2 ;;
     kubernetes) echo 3.2.1 ;;
+    aws) echo 6.48.0 ;;
   esac
 }
 
@@ -88,13 +92,13 @@ provider_version() {
 # terraform-provider-<name>_v<version>, so `tofu init` finds the providers
 # offline under either registry host.
 mirror() {
-  local p key dir os_arch
+  local p key dir os_arch providers=(random null kubernetes "$@")
   os_arch=$(go env GOOS)_$(go env GOARCH)
-  key=$(for p in random null kubernetes; do key provider-$p; provider_version $p; done | sha256sum | cut -c1-12)
+  key=$(for p in "${providers[@]}"; do key provider-$p; provider_version $p; done | sha256sum | cut -c1-12)
   dir=$cache/mirrors/$key
   if [[ ! -f $dir/.complete ]]; then
     rm -rf "$dir.tmp"
-    for p in random null kubernetes; do
+    for p in "${providers[@]}"; do
       build provider-$p
       local v; v=$(provider_version $p)
       for host in registry.opentofu.org registry.terraform.io; do
@@ -109,6 +113,7 @@ mirror() {
 }
 
 cmd=${1:-build}; shift || true
+if [[ $cmd == mirror ]]; then mirror "$@"; exit 0; fi
 components=("$@"); [[ ${#components[@]} -gt 0 ]] || components=("${all_components[@]}")
 case $cmd in
   build) for c in "${components[@]}"; do build "$c"; done ;;
@@ -124,6 +129,5 @@ case $cmd in
       mv "$set_dir.tmp" "$set_dir"
     fi
     echo "$set_dir" ;;
-  mirror) mirror ;;
   *) echo "usage: $0 build|dir [component...] | mirror" >&2; exit 2 ;;
 esac

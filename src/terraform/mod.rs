@@ -155,6 +155,10 @@ pub struct Engine {
     cli_config: Option<PathBuf>,
     hostname: String,
     metrics: Arc<crate::metrics::Metrics>,
+    /// `tofu init` writes into the shared plugin cache, which OpenTofu does
+    /// not guarantee safe for concurrent writers: inits take turns (they are
+    /// short once the cache is warm).
+    init_lock: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -219,6 +223,7 @@ impl Engine {
             cli_config,
             hostname,
             metrics,
+            init_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -402,10 +407,17 @@ impl Engine {
             hash: String::new(),
         };
         write_workspace(&dir, &ws).map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
-        let run = |args: &'static [&'static str]| self.tofu(&dir, &ws, args, false);
-        let init = run(&["init", "-backend=false", "-input=false", "-json"])
+        let init = {
+            let _turn = self.init_lock.lock().await;
+            self.tofu(
+                &dir,
+                &ws,
+                &["init", "-backend=false", "-input=false", "-json"],
+                false,
+            )
             .await
-            .map_err(outcome_text)?;
+            .map_err(outcome_text)?
+        };
         if init.code() != Some(0) {
             return Err(format!("tofu init: {}", init.error_text()));
         }
@@ -635,14 +647,16 @@ impl Engine {
         if std::fs::read_to_string(&marker).is_ok_and(|k| k == key) {
             return Ok(());
         }
-        let out = self
-            .tofu(
+        let out = {
+            let _turn = self.init_lock.lock().await;
+            self.tofu(
                 dir,
                 ws,
                 &["init", "-input=false", "-json", "-reconfigure"],
                 false,
             )
-            .await?;
+            .await?
+        };
         if out.code() != Some(0) {
             return Err(failed("InitFailed", &out));
         }
