@@ -296,7 +296,7 @@ fn awaiting(svc: &Service, plan: &crate::crd::PlanStatus) -> String {
         .map(|r| format!("{} {}", r.action, r.address))
         .collect();
     format!(
-        "plan {} ({} to add, {} to change, {} to destroy: {}) awaits approval by an environment owner: kubectl annotate msvc {} -n {} {APPROVE_ANNOTATION}={} {APPROVED_BY_ANNOTATION}=$USER",
+        "plan {} ({} to add, {} to change, {} to destroy: {}) awaits approval by an environment owner: kubectl annotate msvc {} -n {} {APPROVE_ANNOTATION}={} {APPROVED_BY_ANNOTATION}=<your user name>",
         plan.id,
         plan.add,
         plan.change,

@@ -172,3 +172,98 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     format!("{}…", &s[..end])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> (std::path::PathBuf, Vec<String>) {
+        ("/bin/sh".into(), vec!["-c".to_string(), script.to_string()])
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_deadline_is_interrupted_and_may_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        // Like OpenTofu: on SIGINT it finishes what it is doing, then exits.
+        let (bin, args) = sh("trap 'echo cleaned up; exit 3' INT; echo started; sleep 5 & wait");
+        let env = BTreeMap::new();
+        let started = std::time::Instant::now();
+        let out = run(
+            Invocation {
+                tofu: &bin,
+                dir: dir.path(),
+                args,
+                env: &env,
+                keep_stdout: false,
+            },
+            tokio::time::Instant::now() + Duration::from_millis(300),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit, Exit::TimedOut);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "not interrupted"
+        );
+        assert!(
+            out.tail.contains("started") && out.tail.contains("cleaned up"),
+            "{}",
+            out.tail
+        );
+    }
+
+    #[tokio::test]
+    async fn cancellation_interrupts_and_json_lines_are_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, args) = sh(
+            r#"echo '{"type":"planned_change","change":{"resource":{"addr":"a.b"},"action":"create"}}'; sleep 5 & wait"#,
+        );
+        let env = BTreeMap::new();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let out = run(
+            Invocation {
+                tofu: &bin,
+                dir: dir.path(),
+                args,
+                env: &env,
+                keep_stdout: false,
+            },
+            tokio::time::Instant::now() + Duration::from_secs(30),
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.exit, Exit::Cancelled);
+        assert_eq!(out.stream.changes[0].address, "a.b");
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_bounded_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, args) =
+            sh("i=0; while [ $i -lt 500 ]; do echo line $i; i=$((i+1)); done; exit 2");
+        let env = BTreeMap::new();
+        let out = run(
+            Invocation {
+                tofu: &bin,
+                dir: dir.path(),
+                args,
+                env: &env,
+                keep_stdout: false,
+            },
+            tokio::time::Instant::now() + Duration::from_secs(30),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.code(), Some(2));
+        assert_eq!(out.tail.lines().count(), TAIL_LINES);
+        assert!(out.tail.ends_with("line 499"));
+    }
+}

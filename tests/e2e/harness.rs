@@ -81,6 +81,10 @@ impl TestEnv {
             root.join("manifests/namespace.yaml").to_str().unwrap(),
             "-f",
             root.join("manifests/rbac.yaml").to_str().unwrap(),
+            "-f",
+            root.join("manifests/approval-policy.yaml")
+                .to_str()
+                .unwrap(),
         ]);
         let token = run(&[
             "create",
@@ -176,6 +180,17 @@ impl TestEnv {
 
     pub fn kubectl(&self, args: &[&str]) -> String {
         kubectl_at(&self.kubectl, &self.kubeconfig, args, None)
+    }
+
+    /// kubectl as another user (impersonation); returns (success, stderr).
+    pub fn kubectl_as(&self, user: &str, args: &[&str]) -> (bool, String) {
+        let mut all = vec!["--as", user];
+        all.extend_from_slice(args);
+        let out = kubectl_output(&self.kubectl, &self.kubeconfig, &all, None);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn apply(&self, yaml: &str) -> String {

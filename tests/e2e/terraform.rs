@@ -228,28 +228,45 @@ async fn manual_approval_applies_only_the_approved_plan() {
         "nothing applied before approval"
     );
 
+    // Only an owner approves, and the approval names its approver (the
+    // shipped admission policy, enforced by the API server).
+    env.apply(&format!(
+        "apiVersion: mahler.dev/v1alpha1\nkind: Environment\nmetadata: {{name: {ns}}}\nspec: {{project: tfappr, owners: [{{user: alice}}]}}\n"
+    ));
+    env.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: e2e-service-editor}\nrules:\n- {apiGroups: [mahler.dev], resources: [services], verbs: [get, list, patch, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: e2e-service-editor}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-service-editor}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}\n",
+    );
+    let approve = |who: &str, id: &str, by: &str| {
+        env.kubectl_as(
+            who,
+            &[
+                "annotate",
+                "--overwrite",
+                "msvc",
+                "cfg",
+                "-n",
+                &ns,
+                &format!("mahler.dev/approve-plan={id}"),
+                &format!("mahler.dev/approved-by={by}"),
+            ],
+        )
+    };
+    let (ok, err) = approve("bob", &plan.id, "bob");
+    assert!(
+        !ok && err.contains("bob is not an owner of Environment tfappr-test"),
+        "{err}"
+    );
+    let (ok, err) = approve("alice", &plan.id, "bob");
+    assert!(!ok && err.contains("mahler.dev/approved-by"), "{err}");
+
     // A wrong plan id approves nothing.
-    env.kubectl(&[
-        "annotate",
-        "msvc",
-        "cfg",
-        "-n",
-        &ns,
-        "mahler.dev/approve-plan=000000000000",
-    ]);
+    let (ok, err) = approve("alice", "000000000000", "alice");
+    assert!(ok, "{err}");
     env.service_reconciles(6.0).await;
     assert!(configmaps.get_opt("cfg-settings").await.unwrap().is_none());
 
-    env.kubectl(&[
-        "annotate",
-        "--overwrite",
-        "msvc",
-        "cfg",
-        "-n",
-        &ns,
-        &format!("mahler.dev/approve-plan={}", plan.id),
-        "mahler.dev/approved-by=alice",
-    ]);
+    let (ok, err) = approve("alice", &plan.id, "alice");
+    assert!(ok, "{err}");
     let svc = wait_for(
         &services,
         "cfg",
