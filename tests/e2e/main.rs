@@ -758,3 +758,22 @@ async fn settle(env: &harness::TestEnv) {
         }
     }
 }
+
+#[tokio::test]
+async fn the_install_bundle_is_accepted_by_the_api_server() {
+    let _guard = shared().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = env().kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        &format!("{root}/manifests"),
+    ]);
+    for kind in [
+        "deployment.apps/mahler-operator",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/mahler-plan-approval",
+        "customresourcedefinition.apiextensions.k8s.io/resourcetemplates.mahler.dev",
+    ] {
+        assert!(out.contains(kind), "{kind} missing from:\n{out}");
+    }
+}
