@@ -63,7 +63,7 @@ pub struct Args {
     /// Filesystem mirror of Terraform providers (offline `tofu init`).
     #[arg(long, env = "MAHLER_PROVIDER_MIRROR")]
     pub provider_mirror: Option<std::path::PathBuf>,
-    /// Where OpenTofu workspaces and the shared plugin cache live.
+    /// Where OpenTofu workspaces, git checkouts and the CLI config live.
     #[arg(long, env = "MAHLER_TOFU_WORKDIR", default_value = "/tmp/mahler-tofu")]
     pub tofu_workdir: std::path::PathBuf,
     /// OpenTofu runs at once, operator-wide.

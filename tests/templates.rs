@@ -38,8 +38,7 @@ fn tofu_validate(mirror_var: &str, dir: &str) {
     std::fs::write(
         &cli,
         format!(
-            "plugin_cache_dir = {:?}\nprovider_installation {{\n  filesystem_mirror {{\n    path = {:?}\n    include = [\"registry.opentofu.org/*/*\"]\n  }}\n}}\n",
-            scratch.path().display().to_string(),
+            "provider_installation {{\n  filesystem_mirror {{\n    path = {:?}\n    include = [\"registry.opentofu.org/*/*\"]\n  }}\n}}\n",
             mirror
         ),
     )
@@ -52,7 +51,7 @@ fn tofu_validate(mirror_var: &str, dir: &str) {
                 other => Err(other),
             })
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let files = workspace::module_files(&t.spec).unwrap();
+        let files = workspace::module_files(&t.spec, None).unwrap();
         let ws = scratch.path().join(kube::ResourceExt::name_any(&t));
         for (name, content) in &files {
             std::fs::create_dir_all(ws.join(name).parent().unwrap()).unwrap();

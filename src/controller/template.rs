@@ -36,6 +36,7 @@ async fn pass(tpl: &ResourceTemplate, ctx: &Context) -> Result<Action, Error> {
         observed_generation: tpl.meta().generation,
         output_names: (!names.is_empty()).then(|| names.join(",")),
         validated_hash: current.and_then(|s| s.validated_hash.clone()),
+        git_commit: current.and_then(|s| s.git_commit.clone()),
         ..Default::default()
     };
     let health = match check(tpl, ctx, &mut status).await {
@@ -71,16 +72,6 @@ async fn check(
     {
         return Err(("InvalidSchema", m));
     }
-    let module =
-        workspace::module_files(&tpl.spec).map_err(|e| ("InvalidModule", e.to_string()))?;
-    for reserved in [workspace::TFVARS, workspace::BACKEND] {
-        if module.contains_key(reserved) {
-            return Err((
-                "InvalidModule",
-                format!("spec.module: must not contain {reserved}; Mahler writes it"),
-            ));
-        }
-    }
     let Some(engine) = &ctx.engine else {
         // Without OpenTofu the module cannot be validated; say so, but the
         // template itself is not at fault.
@@ -89,6 +80,27 @@ async fn check(
             ctx.engine_error.clone().unwrap_or_default(),
         ));
     };
+    if let Some(git) = &tpl.spec.module.git {
+        let commit = engine
+            .fetch_git(git)
+            .await
+            .map_err(|e| ("GitFetchFailed", format!("spec.module.git: {e}")))?;
+        status.git_commit = Some(commit);
+    }
+    let trees = engine.git_trees();
+    let module = workspace::module_files(
+        &tpl.spec,
+        status.git_commit.as_deref().map(|c| (trees.as_path(), c)),
+    )
+    .map_err(|e| ("InvalidModule", e.to_string()))?;
+    for reserved in [workspace::TFVARS, workspace::BACKEND] {
+        if module.contains_key(reserved) {
+            return Err((
+                "InvalidModule",
+                format!("spec.module: must not contain {reserved}; Mahler writes it"),
+            ));
+        }
+    }
     let mut h = Sha256::new();
     h.update(engine.fingerprint().as_bytes());
     for (name, content) in &module {

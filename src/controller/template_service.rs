@@ -109,6 +109,10 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
 
     let ws = match render(ctx, svc, src, &engine, backend) {
         Ok(ws) => ws,
+        Err(("WaitingForTemplate", message)) => {
+            let health = Health::progressing("WaitingForTemplate", message);
+            return finish(ctx, svc, st, health, None).await;
+        }
         Err((reason, message)) => {
             return finish(ctx, svc, st, Health::stalled(reason, message), None).await;
         }
@@ -398,7 +402,13 @@ fn render(
         (e.reason(), msg)
     };
     workspace::validate_inputs(&template.spec, &inputs).map_err(stalled)?;
-    let module = workspace::module_files(&template.spec).map_err(stalled)?;
+    let trees = engine.git_trees();
+    let commit = template.status.as_ref().and_then(|s| s.git_commit.clone());
+    let module = workspace::module_files(
+        &template.spec,
+        commit.as_deref().map(|c| (trees.as_path(), c)),
+    )
+    .map_err(stalled)?;
     let ns = svc.namespace().unwrap_or_default();
     let env = ctx
         .caches

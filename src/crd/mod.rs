@@ -25,7 +25,8 @@ pub use service::{
     ServicePort, ServiceSpec, ServiceStatus, Source, TemplateSource,
 };
 pub use template::{
-    ModuleSource, ResourceTemplate, ResourceTemplateSpec, ResourceTemplateStatus, TemplateOutput,
+    GitModule, ModuleSource, ResourceTemplate, ResourceTemplateSpec, ResourceTemplateStatus,
+    TemplateOutput,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

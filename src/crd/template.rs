@@ -44,10 +44,10 @@ pub struct ResourceTemplateSpec {
     pub outputs: Vec<TemplateOutput>,
 }
 
-/// Where the module's files come from: exactly one of `files` or `path`.
+/// Where the module's files come from: exactly one of `files`, `path` or `git`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.files) != has(self.path)").message("spec.module: set exactly one of files or path"))]
+#[x_kube(validation = Rule::new("[has(self.files), has(self.path), has(self.git)].filter(x, x).size() == 1").message("spec.module: set exactly one of files, path or git"))]
 pub struct ModuleSource {
     /// Inline module files, by file name (`main.tf`, `outputs.tf`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +59,37 @@ pub struct ModuleSource {
     /// shipped in the operator image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// A git repository; the operator fetches `ref` and records the commit
+    /// in status (a moved branch is a new module version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitModule>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitModule {
+    /// `https://...`, `ssh://...` or `file:///...` (credentials are not
+    /// supported yet: public or reachable repositories only).
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^(https|http|ssh|file)://")
+    )]
+    pub url: String,
+    /// Branch, tag or commit (default `HEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[A-Za-z0-9][-A-Za-z0-9_./]*$")
+    )]
+    pub r#ref: Option<String>,
+    /// The module's directory inside the repository (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^[A-Za-z0-9_][-A-Za-z0-9_./]*$")
+    )]
+    #[x_kube(validation = Rule::new("!self.contains('..')").message("spec.module.git.path: must stay inside the repository"))]
     pub path: Option<String>,
 }
 
@@ -96,6 +127,9 @@ pub struct ResourceTemplateStatus {
     /// Comma-separated output names (for `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_names: Option<String>,
+    /// For `spec.module.git`: the commit fetched for `ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
     /// Hash of the module `tofu validate` last checked (the verdict is the
     /// Ready condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]

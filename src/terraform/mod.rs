@@ -7,6 +7,7 @@
 //! result and writes status, Events and the outputs Secret. One job per
 //! Service at a time; the state lock (a Lease) guards against anyone else.
 
+pub mod git;
 pub mod lock;
 pub mod process;
 pub mod stream;
@@ -37,7 +38,7 @@ pub struct EngineConfig {
     pub tofu: PathBuf,
     /// A filesystem mirror of providers (offline `tofu init`).
     pub provider_mirror: Option<PathBuf>,
-    /// Where workspaces, the plugin cache and the CLI config live.
+    /// Where workspaces, git checkouts and the CLI config live.
     pub workdir: PathBuf,
     /// OpenTofu runs at once, operator-wide.
     pub parallel: usize,
@@ -155,33 +156,23 @@ pub struct Engine {
     cli_config: Option<PathBuf>,
     hostname: String,
     metrics: Arc<crate::metrics::Metrics>,
-    /// `tofu init` writes into the shared plugin cache, which OpenTofu does
-    /// not guarantee safe for concurrent writers: inits take turns (they are
-    /// short once the cache is warm).
-    init_lock: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
     /// Prepares the working directory, the CLI configuration (mirror and
-    /// plugin cache) and the fingerprint. Fails when `tofu` cannot run.
+    /// providers linked from it) and the fingerprint. Fails when `tofu` cannot run.
     pub async fn new(
         cfg: EngineConfig,
         client: Client,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, String> {
-        std::fs::create_dir_all(cfg.workdir.join("plugin-cache"))
+        std::fs::create_dir_all(&cfg.workdir)
             .map_err(|e| format!("cannot create {}: {e}", cfg.workdir.display()))?;
         // The CLI configuration first: without one, tofu prints a warning
         // where `version -json` should be.
         let cli_path = cfg.workdir.join("tofu.tfrc");
-        std::fs::write(
-            &cli_path,
-            cli_config(
-                cfg.provider_mirror.as_deref(),
-                &cfg.workdir.join("plugin-cache"),
-            ),
-        )
-        .map_err(|e| format!("cannot write {}: {e}", cli_path.display()))?;
+        std::fs::write(&cli_path, cli_config(cfg.provider_mirror.as_deref()))
+            .map_err(|e| format!("cannot write {}: {e}", cli_path.display()))?;
         let version = tokio::process::Command::new(&cfg.tofu)
             .arg("version")
             .arg("-json")
@@ -223,8 +214,17 @@ impl Engine {
             cli_config,
             hostname,
             metrics,
-            init_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Fetches a git module source; returns the commit (see [`git`]).
+    pub async fn fetch_git(&self, src: &crate::crd::GitModule) -> Result<String, String> {
+        git::fetch(&self.cfg.workdir, src).await
+    }
+
+    /// Where fetched git commits are checked out.
+    pub fn git_trees(&self) -> PathBuf {
+        git::trees(&self.cfg.workdir)
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -330,10 +330,6 @@ impl Engine {
         if let Some(c) = &self.cli_config {
             env.insert("TF_CLI_CONFIG_FILE".into(), c.display().to_string());
         }
-        env.insert(
-            "TF_PLUGIN_CACHE_DIR".into(),
-            self.cfg.workdir.join("plugin-cache").display().to_string(),
-        );
         match &self.cfg.kubeconfig {
             Some(k) => {
                 env.insert("KUBE_CONFIG_PATH".into(), k.display().to_string());
@@ -408,7 +404,6 @@ impl Engine {
         };
         write_workspace(&dir, &ws).map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
         let init = {
-            let _turn = self.init_lock.lock().await;
             self.tofu(
                 &dir,
                 &ws,
@@ -648,7 +643,6 @@ impl Engine {
             return Ok(());
         }
         let out = {
-            let _turn = self.init_lock.lock().await;
             self.tofu(
                 dir,
                 ws,
@@ -903,19 +897,22 @@ fn mirror_providers(mirror: &Path) -> Vec<String> {
     found
 }
 
-/// The OpenTofu CLI configuration: providers only from the mirror, unpacked
-/// once into the shared plugin cache. (CLI configuration, not a workspace:
-/// its two strings are JSON-escaped, which is valid HCL.)
-fn cli_config(mirror: Option<&Path>, plugin_cache: &Path) -> String {
+/// The OpenTofu CLI configuration: providers only from the mirror. The
+/// mirror is unpacked, so `init` links each workspace to it (no copies) and
+/// nothing is written to a shared directory: OpenTofu's plugin cache is not
+/// safe for concurrent inits, and with parallel runs it raced (a workspace
+/// lost its provider directory while another init refreshed the cache).
+/// (CLI configuration, not a workspace: its one string is JSON-escaped,
+/// which is valid HCL.)
+fn cli_config(mirror: Option<&Path>) -> String {
     let q = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("string");
-    let mut config = format!("plugin_cache_dir = {}\n", q(plugin_cache));
-    if let Some(mirror) = mirror {
-        config.push_str(&format!(
+    match mirror {
+        Some(mirror) => format!(
             "provider_installation {{\n  filesystem_mirror {{\n    path    = {}\n    include = [\"registry.opentofu.org/*/*\", \"registry.terraform.io/*/*\"]\n  }}\n}}\n",
             q(mirror)
-        ));
+        ),
+        None => String::new(),
     }
-    config
 }
 
 /// Parses a duration such as `90s`, `30m`, `1h30m`.

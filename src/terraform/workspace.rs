@@ -24,6 +24,9 @@ pub enum RenderError {
     InvalidSchema(String),
     #[error("{0}")]
     Module(String),
+    /// A git module whose commit is not checked out yet: wait, not an error.
+    #[error("{0}")]
+    NotFetched(String),
 }
 
 impl RenderError {
@@ -32,6 +35,7 @@ impl RenderError {
             RenderError::InvalidInputs(_) => "InvalidInputs",
             RenderError::InvalidSchema(_) => "TemplateInvalid",
             RenderError::Module(_) => "TemplateInvalid",
+            RenderError::NotFetched(_) => "WaitingForTemplate",
         }
     }
 }
@@ -72,25 +76,53 @@ pub struct Workspace {
     pub hash: String,
 }
 
-/// The module's files: inline, or read from `path` on the operator's disk.
-pub fn module_files(spec: &ResourceTemplateSpec) -> Result<BTreeMap<String, String>, RenderError> {
+/// The module's files: inline, read from `path` on the operator's disk, or
+/// from the checkout of the template's fetched git commit under `git_trees`
+/// (see [`super::git`]).
+pub fn module_files(
+    spec: &ResourceTemplateSpec,
+    git: Option<(&Path, &str)>,
+) -> Result<BTreeMap<String, String>, RenderError> {
     if let Some(files) = &spec.module.files {
         return Ok(files.clone());
     }
-    let Some(root) = &spec.module.path else {
-        return Err(RenderError::Module(
-            "spec.module: set files or path".to_string(),
-        ));
+    let (root, field) = match (&spec.module.path, &spec.module.git) {
+        (Some(path), _) => (std::path::PathBuf::from(path), "spec.module.path"),
+        (None, Some(g)) => {
+            let Some((trees, commit)) = git else {
+                return Err(RenderError::NotFetched(format!(
+                    "spec.module.git: {} has not been fetched yet",
+                    g.url
+                )));
+            };
+            let tree = trees.join(commit);
+            if !tree.is_dir() {
+                return Err(RenderError::NotFetched(format!(
+                    "spec.module.git: commit {commit} of {} is not fetched on this operator yet",
+                    g.url
+                )));
+            }
+            (
+                tree.join(g.path.as_deref().unwrap_or("")),
+                "spec.module.git.path",
+            )
+        }
+        (None, None) => {
+            return Err(RenderError::Module(
+                "spec.module: set files, path or git".to_string(),
+            ));
+        }
     };
+    let shown = root.display().to_string();
     let mut files = BTreeMap::new();
-    read_dir(Path::new(root), Path::new(root), &mut files)
-        .map_err(|e| RenderError::Module(format!("spec.module.path: cannot read {root}: {e}")))?;
+    read_dir(&root, &root, &mut files)
+        .map_err(|e| RenderError::Module(format!("{field}: cannot read {shown}: {e}")))?;
     if !files
         .keys()
         .any(|f| f.ends_with(".tf") || f.ends_with(".tf.json"))
     {
         return Err(RenderError::Module(format!(
-            "spec.module.path: {root} holds no .tf files"
+            "{field}: {shown} holds no .tf files"
         )));
     }
     Ok(files)
@@ -247,7 +279,7 @@ mod tests {
         ResourceTemplateSpec {
             module: ModuleSource {
                 files: Some(BTreeMap::from([("main.tf".into(), "".into())])),
-                path: None,
+                ..Default::default()
             },
             inputs: schema.as_object().cloned(),
             ..Default::default()

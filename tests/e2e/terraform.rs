@@ -653,3 +653,78 @@ async fn operator_killed_mid_apply_converges_and_an_orphaned_lock_is_recovered()
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_template_from_git_follows_its_branch() {
+    let _guard = shared().await;
+    let env = env();
+    let client = env.client().await;
+    let ns = project_with_env(&client, "tfgit").await;
+    // A real repository, served by git over file://.
+    let repo = env.dir.join("template-repo");
+    std::fs::create_dir_all(repo.join("modules/id")).unwrap();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "e2e")
+            .env("GIT_AUTHOR_EMAIL", "e2e@example.org")
+            .env("GIT_COMMITTER_NAME", "e2e")
+            .env("GIT_COMMITTER_EMAIL", "e2e@example.org")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    let module = |label: &str| {
+        format!(
+            "resource \"random_id\" \"i\" {{\n  byte_length = 4\n}}\noutput \"label\" {{ value = \"{label}\" }}\noutput \"id\" {{ value = random_id.i.hex }}\n"
+        )
+    };
+    std::fs::write(repo.join("modules/id/main.tf"), module("one")).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    env.apply(&format!(
+        "apiVersion: mahler.dev/v1alpha1\nkind: ResourceTemplate\nmetadata: {{name: e2e-git}}\nspec:\n  outputs: [{{name: label}}, {{name: id}}]\n  module:\n    git: {{url: \"file://{}\", ref: main, path: modules/id}}\n",
+        repo.display()
+    ));
+    let templates: Api<ResourceTemplate> = Api::all(client.clone());
+    let t = wait_for(&templates, "e2e-git", "Ready", is_ready(tpl_conditions)).await;
+    let first = t.status.unwrap().git_commit.unwrap();
+    env.apply(&template_service(&ns, "ids", "e2e-git", "", "{}"));
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let s = wait_for(&services, "ids", "Ready", is_ready(svc_conditions)).await;
+    assert_eq!(s.status.unwrap().outputs["label"], "one");
+
+    // The branch moves: the template follows, the Service re-applies.
+    std::fs::write(repo.join("modules/id/main.tf"), module("two")).unwrap();
+    git(&["commit", "-qam", "two"]);
+    wait_for(
+        &templates,
+        "e2e-git",
+        "the new commit",
+        move |t: Option<&ResourceTemplate>| {
+            t.and_then(|t| t.status.as_ref())
+                .and_then(|s| s.git_commit.as_ref())
+                .is_some_and(|c| c != &first)
+        },
+    )
+    .await;
+    wait_for(
+        &services,
+        "ids",
+        "re-applied from the new commit",
+        |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref())
+                .is_some_and(|st| st.outputs.get("label").map(String::as_str) == Some("two"))
+        },
+    )
+    .await;
+    services.delete("ids", &Default::default()).await.unwrap();
+    wait_deleted(&services, "ids").await;
+    templates
+        .delete("e2e-git", &Default::default())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,151 @@
+//! Git module sources: the real `git` binary fetches a ref (shallow) into a
+//! per-repository cache and checks the commit out once into
+//! `<workdir>/git-trees/<commit>`, which workspaces then read like a local
+//! module. The commit, not the ref, names a module version.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use crate::crd::GitModule;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where checked-out commits live.
+pub fn trees(workdir: &Path) -> PathBuf {
+    workdir.join("git-trees")
+}
+
+async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| format!("git {} timed out after {}s", args[0], TIMEOUT.as_secs()))?
+    .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "git {}: {}",
+            args[0],
+            err.lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Fetches `src.ref` and makes sure its commit is checked out under
+/// [`trees`]; returns the commit.
+pub async fn fetch(workdir: &Path, src: &GitModule) -> Result<String, String> {
+    let key = super::workspace::hex(&Sha256::digest(src.url.as_bytes()))[..16].to_string();
+    let repo = workdir.join("git").join(key);
+    if !repo.join("HEAD").exists() {
+        std::fs::create_dir_all(&repo).map_err(|e| e.to_string())?;
+        git(&repo, &["init", "-q", "--bare"]).await?;
+    }
+    let r#ref = src.r#ref.as_deref().unwrap_or("HEAD");
+    git(&repo, &["fetch", "-q", "--depth", "1", &src.url, r#ref]).await?;
+    let commit = git(&repo, &["rev-parse", "FETCH_HEAD^{commit}"]).await?;
+    let tree = trees(workdir).join(&commit);
+    if !tree.is_dir() {
+        let tmp = trees(workdir).join(format!("{commit}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let work_tree = format!("--work-tree={}", tmp.display());
+        git(
+            &repo,
+            &[&work_tree, "checkout", "-q", "-f", &commit, "--", "."],
+        )
+        .await?;
+        std::fs::rename(&tmp, &tree).map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &src.path
+        && !tree.join(path).is_dir()
+    {
+        return Err(format!(
+            "spec.module.git.path: {path} is not a directory at commit {commit}"
+        ));
+    }
+    Ok(commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    }
+
+    #[tokio::test]
+    async fn fetches_a_ref_and_checks_out_its_commit() {
+        let origin = tempfile::tempdir().unwrap();
+        sh(
+            origin.path(),
+            "git init -q -b main . && mkdir -p mod && echo 'output \"x\" { value = 1 }' > mod/main.tf && git add . && git commit -qm one",
+        );
+        let work = tempfile::tempdir().unwrap();
+        let src = GitModule {
+            url: format!("file://{}", origin.path().display()),
+            r#ref: Some("main".into()),
+            path: Some("mod".into()),
+        };
+        let first = fetch(work.path(), &src).await.unwrap();
+        assert!(
+            trees(work.path())
+                .join(&first)
+                .join("mod/main.tf")
+                .is_file()
+        );
+        // Same ref, no new commit: same version.
+        assert_eq!(fetch(work.path(), &src).await.unwrap(), first);
+        // The branch moves: a new version.
+        sh(
+            origin.path(),
+            "echo '# two' >> mod/main.tf && git commit -qam two",
+        );
+        let second = fetch(work.path(), &src).await.unwrap();
+        assert_ne!(second, first);
+        let missing = GitModule {
+            path: Some("nope".into()),
+            ..src.clone()
+        };
+        assert!(
+            fetch(work.path(), &missing)
+                .await
+                .unwrap_err()
+                .contains("spec.module.git.path")
+        );
+        let bad_ref = GitModule {
+            r#ref: Some("no-such-branch".into()),
+            ..src
+        };
+        assert!(
+            fetch(work.path(), &bad_ref)
+                .await
+                .unwrap_err()
+                .starts_with("git fetch")
+        );
+    }
+}
