@@ -728,3 +728,135 @@ async fn a_template_from_git_follows_its_branch() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_provider_error_stalls_without_a_retry_storm_and_a_failed_destroy_says_how_out() {
+    let _guard = shared().await;
+    let env = env();
+    let client = env.client().await;
+    let ns = project_with_env(&client, "tffail").await;
+    // Apply fails inside the provider: the namespace does not exist.
+    // Destroy fails by design: prevent_destroy.
+    env.apply(
+        "apiVersion: mahler.dev/v1alpha1\nkind: ResourceTemplate\nmetadata: {name: e2e-fragile}\nspec:\n  inputs: {type: object, properties: {namespace: {type: string}}}\n  module:\n    files:\n      main.tf: |\n        variable \"mahler_service\" { type = string }\n        variable \"namespace\" { type = string }\n        resource \"kubernetes_config_map_v1\" \"c\" {\n          metadata {\n            name      = \"${var.mahler_service}-fragile\"\n            namespace = var.namespace\n          }\n          data = { a = \"b\" }\n          lifecycle { prevent_destroy = true }\n        }\n",
+    );
+    let templates: Api<ResourceTemplate> = Api::all(client.clone());
+    wait_for(&templates, "e2e-fragile", "Ready", is_ready(tpl_conditions)).await;
+    env.apply(&template_service(
+        &ns,
+        "broken",
+        "e2e-fragile",
+        "",
+        "{namespace: no-such-namespace}",
+    ));
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let s = wait_for(
+        &services,
+        "broken",
+        "ApplyFailed",
+        has_reason("ApplyFailed", svc_conditions),
+    )
+    .await;
+    let st = s.status.unwrap();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.contains("kubernetes_config_map_v1.c")
+            && ready.message.contains("retrying in"),
+        "{}",
+        ready.message
+    );
+    let run = st.terraform.unwrap().last_run.unwrap();
+    assert_eq!((run.result.as_str(), run.failures), ("Failed", Some(1)));
+    wait_event(&client, &ns, "broken", "ApplyFailed").await;
+    // No retry storm: the second attempt comes after the 30 s backoff, not
+    // at the next resync (every 2 s here).
+    let second = wait_for(
+        &services,
+        "broken",
+        "the second attempt",
+        |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref())
+                .and_then(|st| st.terraform.as_ref())
+                .and_then(|t| t.last_run.as_ref())
+                .is_some_and(|r| r.failures == Some(2))
+        },
+    )
+    .await
+    .status
+    .unwrap()
+    .terraform
+    .unwrap()
+    .last_run
+    .unwrap();
+    let at = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+    let gap = at(&second.started_time).duration_since(at(&run.started_time));
+    assert!(
+        gap.as_secs_f64() >= 29.0,
+        "retried after {gap:?}, before the 30 s backoff"
+    );
+
+    // Fix the input: retried at once, applied.
+    env.apply(&template_service(
+        &ns,
+        "broken",
+        "e2e-fragile",
+        "",
+        &format!("{{namespace: {ns}}}"),
+    ));
+    wait_for(
+        &services,
+        "broken",
+        "Ready after the fix",
+        is_ready(svc_conditions),
+    )
+    .await;
+
+    // Destroy fails (prevent_destroy): the finalizer stays, the condition says
+    // why and how to get out; the way out works.
+    services
+        .delete("broken", &Default::default())
+        .await
+        .unwrap();
+    let s = wait_for(
+        &services,
+        "broken",
+        "DestroyFailed",
+        has_reason("DestroyFailed", svc_conditions),
+    )
+    .await;
+    let msg = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
+    assert!(
+        msg.contains("prevent_destroy") || msg.contains("cannot be destroyed"),
+        "{msg}"
+    );
+    assert!(msg.contains("mahler.dev/force-delete=true"), "{msg}");
+    env.kubectl(&[
+        "annotate",
+        "msvc",
+        "broken",
+        "-n",
+        &ns,
+        "mahler.dev/force-delete=true",
+    ]);
+    wait_deleted(&services, "broken").await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        configmaps
+            .get_opt("broken-fragile")
+            .await
+            .unwrap()
+            .is_some(),
+        "kept, as forced"
+    );
+    templates
+        .delete("e2e-fragile", &Default::default())
+        .await
+        .unwrap();
+}
