@@ -70,12 +70,43 @@ impl Caches {
         )
     }
 
-    /// Decoded Connections in a namespace.
-    pub fn connections_in(&self, namespace: &str) -> Vec<Connection> {
-        valid(
-            self.connections
-                .state_filter(|c| c.meta().namespace.as_deref() == Some(namespace)),
-        )
+    /// Decoded Connections in a namespace that start at Service `from`.
+    ///
+    /// Filters inside the cache and clones only the matches: a namespace can
+    /// hold thousands of Connections, and this runs on every reconcile.
+    pub fn connections_from(&self, namespace: &str, from: &str) -> Vec<Connection> {
+        valid(self.connections.state_filter(|g| {
+            g.meta().namespace.as_deref() == Some(namespace)
+                && valid_ref(g).is_some_and(|c| c.spec.from == from)
+        }))
+    }
+
+    /// Calls `f` with every decoded Connection in a namespace, without
+    /// cloning any (the cache is locked meanwhile: `f` must not block).
+    fn for_each_connection_in(&self, namespace: &str, f: impl Fn(&Connection)) {
+        // `state_filter` runs the predicate under the read lock and clones
+        // nothing for the entries it rejects.
+        let _ = self.connections.state_filter(|g| {
+            if g.meta().namespace.as_deref() == Some(namespace)
+                && let Some(c) = valid_ref(g)
+            {
+                f(c);
+            }
+            false
+        });
+    }
+
+    /// Calls `f` with every decoded Service (in `namespace`, if given),
+    /// without cloning any (the cache is locked meanwhile: `f` must not block).
+    fn for_each_service(&self, namespace: Option<&str>, f: impl Fn(&Service)) {
+        let _ = self.services.state_filter(|g| {
+            if namespace.is_none_or(|ns| g.meta().namespace.as_deref() == Some(ns))
+                && let Some(s) = valid_ref(g)
+            {
+                f(s);
+            }
+            false
+        });
     }
 
     /// A decoded Service by namespace and name.
@@ -97,14 +128,6 @@ impl Caches {
         self.templates
             .get(&ObjectRef::new(name))
             .and_then(|g| g.0.clone().ok())
-    }
-
-    /// Decoded Services in a namespace.
-    pub fn services_in(&self, namespace: &str) -> Vec<Service> {
-        valid(
-            self.services
-                .state_filter(|s| s.meta().namespace.as_deref() == Some(namespace)),
-        )
     }
 
     pub fn project(&self, name: &str) -> Option<Arc<Guarded<Project>>> {
@@ -262,20 +285,20 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
             services_w,
             move |s: &Guarded<Service>| {
                 let (name, ns) = (s.name_any(), s.namespace().unwrap_or_default());
-                for conn in c.connections_in(&ns) {
+                c.for_each_connection_in(&ns, |conn| {
                     if conn.spec.to == name || conn.spec.from == name {
                         send::<Connection>(&t.connections, &conn.name_any(), Some(&ns));
                     }
                     if conn.spec.to == name {
                         send::<Service>(&t.services, &conn.spec.from, Some(&ns));
                     }
-                }
+                });
                 // Consumers of this Service's outputs.
-                for consumer in c.services_in(&ns) {
-                    if reads_outputs_of(&consumer, &name) {
+                c.for_each_service(Some(&ns), |consumer| {
+                    if reads_outputs_of(consumer, &name) {
                         send::<Service>(&t.services, &consumer.name_any(), Some(&ns));
                     }
-                }
+                });
             },
         );
         let (c, t) = (caches.clone(), tx.clone());
@@ -285,7 +308,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
             templates_w,
             move |tpl: &Guarded<ResourceTemplate>| {
                 let name = tpl.name_any();
-                for svc in valid(c.services.state()) {
+                c.for_each_service(None, |svc| {
                     let uses = svc
                         .spec
                         .source
@@ -302,7 +325,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
                     {
                         send::<Service>(&t.services, &svc.name_any(), svc.namespace().as_deref());
                     }
-                }
+                });
             },
         );
         let (c, t) = (caches.clone(), tx.clone());
@@ -316,13 +339,11 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
                 send::<Service>(&t.services, &conn.spec.from, Some(&ns));
                 // Siblings share the variable namespace of `from`: a change here can
                 // resolve or cause their conflicts.
-                for sibling in c
-                    .connections_in(&ns)
-                    .iter()
-                    .filter(|s| s.spec.from == conn.spec.from)
-                {
-                    send::<Connection>(&t.connections, &sibling.name_any(), Some(&ns));
-                }
+                c.for_each_connection_in(&ns, |sibling| {
+                    if sibling.spec.from == conn.spec.from {
+                        send::<Connection>(&t.connections, &sibling.name_any(), Some(&ns));
+                    }
+                });
             },
         );
         let t = tx.clone();

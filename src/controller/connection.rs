@@ -80,7 +80,8 @@ async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
             ),
         ),
         Some(from) => {
-            let siblings = ctx.caches.connections_in(&ns);
+            // `resolve_edges` only looks at the Connections leaving `from`.
+            let siblings = ctx.caches.connections_from(&ns, &spec.from);
             let refs: Vec<&Connection> = siblings.iter().collect();
             let targets: Vec<_> = to.iter().cloned().collect();
             let others: Vec<_> = siblings

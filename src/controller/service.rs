@@ -45,11 +45,12 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = svc.name_any();
-    let connections = ctx.caches.connections_in(&ns);
+    // Only the Connections leaving this Service: the ones `resolve_edges`
+    // and `connected_to` look at.
+    let connections = ctx.caches.connections_from(&ns, &name);
     let conn_refs: Vec<&Connection> = connections.iter().collect();
     let targets: Vec<Service> = connections
         .iter()
-        .filter(|c| c.spec.from == name)
         .filter_map(|c| ctx.caches.service(&ns, &c.spec.to))
         .collect();
     let mut edges = workload::resolve_edges(
