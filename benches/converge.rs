@@ -267,6 +267,11 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
         r1 - r0,
         w1 - w0
     );
+    let settled = operator_rss_kib(pid, "VmRSS:");
+    println!(
+        "operator memory after settling: {settled} KiB → {:.1} KiB per Service",
+        (settled.saturating_sub(rss_before)) as f64 / n as f64
+    );
 }
 
 #[tokio::main]
