@@ -51,8 +51,13 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
             ..Default::default()
         },
         tf: current.terraform.clone().unwrap_or_default(),
-        drifted: None,
+        // Kept unless this pass learns otherwise (a drift check or an apply).
+        drifted: drifted_message(&current),
     };
+    let backend = Backend::for_service(&ns, &name);
+    if ctx.engine.is_none() && svc.meta().deletion_timestamp.is_some() {
+        return delete(ctx, svc, st, src, None, "", backend, None).await;
+    }
     let Some(engine) = ctx.engine.clone() else {
         let why = ctx
             .engine_error
@@ -67,8 +72,8 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         )
         .await;
     };
-    let key = format!("{ns}/{name}");
-    let backend = Backend::for_service(&ns, &name);
+    // By UID: a new Service of the same name never takes an old result.
+    let key = format!("{ns}/{name}/{}", svc.uid().unwrap_or_default());
     st.tf.state_secret = Some(backend.state_secret());
 
     // A finished run is recorded first, whatever happens next.
@@ -86,7 +91,7 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
     }
 
     if svc.meta().deletion_timestamp.is_some() {
-        return delete(ctx, svc, st, src, &engine, &key, backend, running).await;
+        return delete(ctx, svc, st, src, Some(&engine), &key, backend, running).await;
     }
     if let Some((kind, started)) = running {
         // A drift check of applied infrastructure leaves it Ready (and the
@@ -108,7 +113,10 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
     finalizer::ensure(ctx, svc).await?;
 
     let ws = match render(ctx, svc, src, &engine, backend) {
-        Ok(ws) => ws,
+        Ok(mut ws) => {
+            ws.plan_salt = st.tf.last_applied_time.clone().unwrap_or_default();
+            ws
+        }
         Err(("WaitingForTemplate", message)) => {
             let health = Health::progressing("WaitingForTemplate", message);
             return finish(ctx, svc, st, health, None).await;
@@ -134,33 +142,22 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         let health = Health::stalled(
             failure_reason(&run),
             format!(
-                "{} (retrying in {}s, or at once when the spec changes)",
+                "{} (retrying at {}, or at once when the spec changes)",
                 run.message.unwrap_or_default(),
-                retry_in.as_secs()
+                retry_at(retry_in)
             ),
         );
         return finish(ctx, svc, st, health, Some(Action::requeue(retry_in))).await;
     }
-    if let Some(lock) = &st.tf.lock
-        && lock.state == "Blocked"
-        && !applied
-        && st
+    if let Some(wait) = lock_wait(&st.tf) {
+        let message = st
             .tf
-            .last_run
+            .lock
             .as_ref()
-            .and_then(|r| r.workspace_hash.as_deref())
-            == Some(ws.hash.as_str())
-        && recently(&st.tf, Duration::from_secs(15))
-    {
-        let health = Health::progressing("LockHeld", lock.message.clone().unwrap_or_default());
-        return finish(
-            ctx,
-            svc,
-            st,
-            health,
-            Some(Action::requeue(Duration::from_secs(15))),
-        )
-        .await;
+            .and_then(|l| l.message.clone())
+            .unwrap_or_default();
+        let health = Health::progressing("LockHeld", message);
+        return finish(ctx, svc, st, health, Some(Action::requeue(wait))).await;
     }
 
     let start = |kind: JobKind| {
@@ -328,6 +325,32 @@ fn ready_message(st: &Pass, what: &str) -> String {
     format!("{what}{plan}{secret}")
 }
 
+/// While the last run found the state lock held (someone may still be
+/// working), wait 15 s from that run before trying again: whatever the job.
+fn lock_wait(tf: &TerraformStatus) -> Option<Duration> {
+    let run = tf.last_run.as_ref()?;
+    if run.result != "Blocked" || !recently(tf, LOCK_RETRY) {
+        return None;
+    }
+    Some(LOCK_RETRY)
+}
+
+const LOCK_RETRY: Duration = Duration::from_secs(15);
+
+/// A retry time that stays the same across passes (so status does not
+/// change, and is not rewritten, while waiting).
+fn retry_at(wait: Duration) -> String {
+    let at = Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+            wait.as_secs() as i64
+        ))
+        .unwrap_or_else(|_| Timestamp::now());
+    // Whole seconds; passes within the same second agree.
+    at.round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| at.to_string())
+}
+
 fn recently(tf: &TerraformStatus, within: Duration) -> bool {
     let finished = tf.last_run.as_ref().and_then(|r| {
         let started = r.started_time.parse::<Timestamp>().ok()?;
@@ -459,6 +482,19 @@ async fn record(
                 message: Some(note.clone()),
             });
         }
+    }
+    // Any run that may have written state (even a failed, partial apply)
+    // makes the state precious: guard it before anything else can go wrong.
+    if !matches!(
+        result.outcome,
+        Outcome::Destroyed | Outcome::LockHeld { .. }
+    ) {
+        protect_state(
+            ctx,
+            &Backend::for_service(&svc.namespace().unwrap_or_default(), &svc.name_any()),
+            true,
+        )
+        .await?;
     }
     let fail = |run: &mut RunStatus, result_kind: &str, message: String| {
         run.result = result_kind.to_string();
@@ -648,8 +684,15 @@ async fn publish_outputs(
     }
     let hash = workspace::hex(&h.finalize())[..16].to_string();
     let name = format!("{}-outputs", svc.name_any());
-    if st.status.outputs_hash.as_deref() != Some(hash.as_str())
-        || st.status.outputs_secret.is_none()
+    // Nothing new can be created in a namespace being deleted (and a
+    // Service being deleted has no readers to serve).
+    let leaving = svc.meta().deletion_timestamp.is_some()
+        || ctx
+            .caches
+            .namespace_terminating(&svc.namespace().unwrap_or_default());
+    if !leaving
+        && (st.status.outputs_hash.as_deref() != Some(hash.as_str())
+            || st.status.outputs_secret.is_none())
     {
         let secret = Secret {
             metadata: ObjectMeta {
@@ -680,7 +723,7 @@ async fn delete(
     svc: &Service,
     mut st: Pass,
     src: &TemplateSource,
-    engine: &Arc<Engine>,
+    engine: Option<&Arc<Engine>>,
     key: &str,
     backend: Backend,
     running: Option<(JobKind, Timestamp)>,
@@ -689,16 +732,17 @@ async fn delete(
         return Ok(Action::await_change());
     }
     let ns = svc.namespace().unwrap_or_default();
-    let env_policy = ctx
+    let environment = ctx
         .caches
         .environments
         .get(&kube::runtime::reflector::ObjectRef::new(&ns))
-        .and_then(|g| g.0.clone().ok())
-        .and_then(|e| e.spec.deletion_policy);
-    let policy = src
-        .deletion_policy
-        .or(env_policy)
-        .unwrap_or(DeletionPolicy::Delete);
+        .and_then(|g| g.0.clone().ok());
+    // An Environment that cannot be read might say Retain: never destroy on a guess.
+    let policy = match (&src.deletion_policy, &environment) {
+        (Some(p), _) => *p,
+        (None, Some(env)) => env.spec.deletion_policy.unwrap_or(DeletionPolicy::Delete),
+        (None, None) => DeletionPolicy::Retain,
+    };
     let forced = svc
         .annotations()
         .get(FORCE_DELETE_ANNOTATION)
@@ -713,12 +757,14 @@ async fn delete(
         );
         return finish(ctx, svc, st, health, Some(ctx.resync())).await;
     }
-    let nothing_applied = st.tf.applied_hash.is_none()
-        && st
-            .tf
-            .last_run
-            .as_ref()
-            .is_none_or(|r| r.operation == "Destroy" && r.result == "Succeeded");
+    // Whether there is anything to destroy is the state's to say, not status's
+    // (status can lag a run that the operator did not live to record).
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    let nothing_applied = secrets
+        .get_metadata_opt(&backend.state_secret())
+        .await
+        .map_err(Error::Kube)?
+        .is_none();
     let destroyed = st
         .tf
         .last_run
@@ -751,6 +797,18 @@ async fn delete(
         finalizer::remove(ctx, svc).await?;
         return Ok(Action::await_change());
     }
+    let way_out = format!(
+        "To keep the infrastructure and finish deleting: kubectl annotate msvc {} -n {ns} {FORCE_DELETE_ANNOTATION}=true",
+        svc.name_any()
+    );
+    let Some(engine) = engine else {
+        let why = ctx.engine_error.clone().unwrap_or_default();
+        let health = Health::stalled(
+            "EngineUnavailable",
+            format!("cannot destroy: {why}. {way_out}"),
+        );
+        return finish(ctx, svc, st, health, None).await;
+    };
     if let Some(run) = st.tf.last_run.clone()
         && run.operation == "Destroy"
         && run.result != "Succeeded"
@@ -760,12 +818,21 @@ async fn delete(
         let health = Health::stalled(
             "DestroyFailed",
             format!(
-                "{}; retrying in {}s. To keep the infrastructure and finish deleting: kubectl annotate msvc {} -n {ns} {FORCE_DELETE_ANNOTATION}=true",
+                "{}; retrying at {}. {way_out}",
                 run.message.unwrap_or_default(),
-                wait.as_secs(),
-                svc.name_any()
+                retry_at(wait),
             ),
         );
+        return finish(ctx, svc, st, health, Some(Action::requeue(wait))).await;
+    }
+    if let Some(wait) = lock_wait(&st.tf) {
+        let message = st
+            .tf
+            .lock
+            .as_ref()
+            .and_then(|l| l.message.clone())
+            .unwrap_or_default();
+        let health = Health::progressing("LockHeld", format!("deleting: {message}"));
         return finish(ctx, svc, st, health, Some(Action::requeue(wait))).await;
     }
     let ws = match render(ctx, svc, src, engine, backend) {

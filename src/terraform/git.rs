@@ -59,7 +59,7 @@ pub async fn fetch(workdir: &Path, src: &GitModule) -> Result<String, String> {
     let commit = git(&repo, &["rev-parse", "FETCH_HEAD^{commit}"]).await?;
     let tree = trees(workdir).join(&commit);
     if !tree.is_dir() {
-        let tmp = trees(workdir).join(format!("{commit}.tmp"));
+        let tmp = trees(workdir).join(format!("{commit}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         let work_tree = format!("--work-tree={}", tmp.display());
@@ -68,7 +68,10 @@ pub async fn fetch(workdir: &Path, src: &GitModule) -> Result<String, String> {
             &[&work_tree, "checkout", "-q", "-f", &commit, "--", "."],
         )
         .await?;
-        std::fs::rename(&tmp, &tree).map_err(|e| e.to_string())?;
+        if std::fs::rename(&tmp, &tree).is_err() && !tree.is_dir() {
+            return Err(format!("cannot move the checkout of {commit} into place"));
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
     }
     if let Some(path) = &src.path
         && !tree.join(path).is_dir()

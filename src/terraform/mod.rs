@@ -156,6 +156,7 @@ pub struct Engine {
     cli_config: Option<PathBuf>,
     hostname: String,
     metrics: Arc<crate::metrics::Metrics>,
+    git_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Engine {
@@ -214,11 +215,20 @@ impl Engine {
             cli_config,
             hostname,
             metrics,
+            git_locks: Mutex::default(),
         })
     }
 
     /// Fetches a git module source; returns the commit (see [`git`]).
+    /// Fetches of one repository take turns (they share its cache).
     pub async fn fetch_git(&self, src: &crate::crd::GitModule) -> Result<String, String> {
+        let lock = self
+            .git_locks
+            .lock()
+            .entry(src.url.clone())
+            .or_default()
+            .clone();
+        let _turn = lock.lock().await;
         git::fetch(&self.cfg.workdir, src).await
     }
 
@@ -401,6 +411,7 @@ impl Engine {
             vars: BTreeMap::new(),
             backend: Backend::for_service("", ""),
             hash: String::new(),
+            plan_salt: String::new(),
         };
         write_workspace(&dir, &ws).map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
         let init = {
@@ -561,7 +572,10 @@ impl Engine {
             if show.code() != Some(0) {
                 return Err(failed("PlanFailed", &show));
             }
-            plan_id(&ws.hash, show.stdout.as_deref().unwrap_or_default())
+            plan_id(
+                &format!("{}{}", ws.hash, ws.plan_salt),
+                show.stdout.as_deref().unwrap_or_default(),
+            )
         } else {
             plan_id(&ws.hash, &format!("{:?}", out.stream.changes))
         };
@@ -926,12 +940,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         }
         let n: u64 = num.parse().ok()?;
         num.clear();
-        total += n * match c {
+        let unit = match c {
             's' => 1,
             'm' => 60,
             'h' => 3600,
             _ => return None,
         };
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
     (num.is_empty() && !s.is_empty()).then_some(Duration::from_secs(total))
 }
@@ -947,6 +962,7 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration(""), None);
         assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration("9999999999999999h"), None);
     }
 
     #[test]
@@ -1003,6 +1019,7 @@ mod tests {
             vars: BTreeMap::new(),
             backend: Backend::for_service("ns", "svc"),
             hash: "h".into(),
+            plan_salt: String::new(),
         };
         write_workspace(dir.path(), &ws).unwrap();
         assert!(!dir.path().join("old.tf").exists());

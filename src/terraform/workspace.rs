@@ -74,6 +74,10 @@ pub struct Workspace {
     /// sha256 over files, vars and the engine's fingerprint (OpenTofu and
     /// provider versions).
     pub hash: String,
+    /// Mixed into plan ids, not into `hash`: the time of the last apply, so
+    /// an approval is used up once applied (the same change recurring later
+    /// is a new plan that needs a new approval).
+    pub plan_salt: String,
 }
 
 /// The module's files: inline, read from `path` on the operator's disk, or
@@ -263,6 +267,7 @@ pub fn render(
         vars,
         backend,
         hash,
+        plan_salt: String::new(),
     })
 }
 

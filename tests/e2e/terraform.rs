@@ -258,6 +258,25 @@ async fn manual_approval_applies_only_the_approved_plan() {
     );
     let (ok, err) = approve("alice", &plan.id, "bob");
     assert!(!ok && err.contains("mahler.dev/approved-by"), "{err}");
+    // Nor can a non-owner switch manual approval off.
+    let (ok, err) = env.kubectl_as(
+        "bob",
+        &[
+            "patch",
+            "msvc",
+            "cfg",
+            "-n",
+            &ns,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"source":{"template":{"approval":"Auto"}}}}"#,
+        ],
+    );
+    assert!(
+        !ok && err.contains("cannot turn off manual approval"),
+        "{err}"
+    );
 
     // A wrong plan id approves nothing.
     let (ok, err) = approve("alice", "000000000000", "alice");
