@@ -103,7 +103,10 @@ mirror() {
       local v; v=$(provider_version $p)
       for host in registry.opentofu.org registry.terraform.io; do
         mkdir -p "$dir.tmp/$host/hashicorp/$p/$v/$os_arch"
-        cp "$(outdir provider-$p)/terraform-provider-$p" "$dir.tmp/$host/hashicorp/$p/$v/$os_arch/terraform-provider-${p}_v$v"
+        # Hard links: the same binary under both hosts, no copies (the AWS one
+        # is ~0.9 GB); a copy where the cache spans filesystems.
+        ln -f "$(outdir provider-$p)/terraform-provider-$p" "$dir.tmp/$host/hashicorp/$p/$v/$os_arch/terraform-provider-${p}_v$v" 2>/dev/null ||
+          cp "$(outdir provider-$p)/terraform-provider-$p" "$dir.tmp/$host/hashicorp/$p/$v/$os_arch/terraform-provider-${p}_v$v"
       done
     done
     touch "$dir.tmp/.complete"

@@ -780,7 +780,7 @@ async fn a_provider_error_stalls_without_a_retry_storm_and_a_failed_destroy_says
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(
         ready.message.contains("kubernetes_config_map_v1.c")
-            && ready.message.contains("retrying in"),
+            && ready.message.contains("retrying at"),
         "{}",
         ready.message
     );
