@@ -97,7 +97,6 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         // A drift check of applied infrastructure leaves it Ready (and the
         // status unchanged): only what it finds is news.
         if matches!(kind, JobKind::DriftCheck { .. }) && st.tf.applied_hash.is_some() {
-            st.drifted = drifted_message(&current);
             let health = Health::ready(ready_message(&st, "applied"));
             return finish(ctx, svc, st, health, Some(ctx.resync())).await;
         }
@@ -219,13 +218,6 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
     if !interval.is_zero() && since_check.is_none_or(|s| s >= interval) {
         let correct = policy == DriftPolicy::Correct && approval == Approval::Auto;
         start(JobKind::DriftCheck { correct });
-        if let Some(c) = current
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DRIFTED && c.status == "True")
-        {
-            st.drifted = Some(c.message.clone());
-        }
         let health = Health::ready(ready_message(&st, "applied"));
         return finish(ctx, svc, st, health, Some(ctx.resync())).await;
     }
@@ -241,14 +233,6 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
             awaiting(svc, plan)
         };
         st.drifted = Some(message);
-    }
-    if st.drifted.is_none()
-        && let Some(c) = current
-            .conditions
-            .iter()
-            .find(|c| c.type_ == DRIFTED && c.status == "True")
-    {
-        st.drifted = Some(c.message.clone());
     }
     let health = Health::ready(ready_message(&st, "applied"));
     let next_check = interval.saturating_sub(since_check.unwrap_or_default());

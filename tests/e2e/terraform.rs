@@ -400,6 +400,30 @@ async fn drift_is_detected_and_corrected_or_held() {
         drifted.message
     );
 
+    // Switching the policy to Correct fixes it, and Drifted turns False.
+    env.apply(&template_service(
+        &ns,
+        "hold",
+        "config-bundle",
+        "      driftCheckInterval: 2s\n      driftPolicy: Correct\n",
+        "{settings: {B: b}}",
+    ));
+    wait_for(
+        &services,
+        "hold",
+        "drift resolved",
+        |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Drifted" && c.status == "False")
+            })
+        },
+    )
+    .await;
+    assert!(configmaps.get_opt("hold-settings").await.unwrap().is_some());
+    wait_event(&client, &ns, "hold", "DriftResolved").await;
+
     // Stop the 2 s drift checks before other tests count writes.
     services.delete("fix", &dp).await.unwrap();
     services.delete("hold", &dp).await.unwrap();
