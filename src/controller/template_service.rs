@@ -148,26 +148,12 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         );
         return finish(ctx, svc, st, health, Some(Action::requeue(retry_in))).await;
     }
-    if let Some(wait) = lock_wait(&st.tf) {
-        let message = st
-            .tf
-            .lock
-            .as_ref()
-            .and_then(|l| l.message.clone())
-            .unwrap_or_default();
+    if let Some((wait, message)) = lock_wait(&st.tf) {
         let health = Health::progressing("LockHeld", message);
         return finish(ctx, svc, st, health, Some(Action::requeue(wait))).await;
     }
 
-    let start = |kind: JobKind| {
-        let trigger = ctx.service_trigger.clone();
-        let (n, namespace) = (name.clone(), ns.clone());
-        engine.start(key.clone(), ws.clone(), kind, move || {
-            let _ = trigger.send(
-                kube::runtime::reflector::ObjectRef::<Guarded<Service>>::new(&n).within(&namespace),
-            );
-        })
-    };
+    let start = |kind: JobKind| engine.start(key.clone(), ws.clone(), kind, retrigger(ctx, svc));
 
     // An approved pending plan (manual approval, or drift held for approval).
     if let Some(plan) = &pending
@@ -311,12 +297,25 @@ fn ready_message(st: &Pass, what: &str) -> String {
 
 /// While the last run found the state lock held (someone may still be
 /// working), wait 15 s from that run before trying again: whatever the job.
-fn lock_wait(tf: &TerraformStatus) -> Option<Duration> {
+/// Returns the wait and what holds the lock.
+fn lock_wait(tf: &TerraformStatus) -> Option<(Duration, String)> {
     let run = tf.last_run.as_ref()?;
     if run.result != "Blocked" || !recently(tf, LOCK_RETRY) {
         return None;
     }
-    Some(LOCK_RETRY)
+    let message = tf.lock.as_ref().and_then(|l| l.message.clone());
+    Some((LOCK_RETRY, message.unwrap_or_default()))
+}
+
+/// What a finished job calls: re-trigger this Service's reconcile.
+fn retrigger(ctx: &Context, svc: &Service) -> impl FnOnce() + Send + 'static {
+    let trigger = ctx.service_trigger.clone();
+    let target = kube::runtime::reflector::ObjectRef::<Guarded<Service>>::new(&svc.name_any())
+        .within(&svc.namespace().unwrap_or_default());
+    move || {
+        // A closed channel means the operator is stopping.
+        let _ = trigger.send(target);
+    }
 }
 
 const LOCK_RETRY: Duration = Duration::from_secs(15);
@@ -809,13 +808,7 @@ async fn delete(
         );
         return finish(ctx, svc, st, health, Some(Action::requeue(wait))).await;
     }
-    if let Some(wait) = lock_wait(&st.tf) {
-        let message = st
-            .tf
-            .lock
-            .as_ref()
-            .and_then(|l| l.message.clone())
-            .unwrap_or_default();
+    if let Some((wait, message)) = lock_wait(&st.tf) {
         let health = Health::progressing("LockHeld", format!("deleting: {message}"));
         return finish(ctx, svc, st, health, Some(Action::requeue(wait))).await;
     }
@@ -833,13 +826,12 @@ async fn delete(
         }
     };
     let lock = !ctx.caches.namespace_terminating(&ns);
-    let trigger = ctx.service_trigger.clone();
-    let (n, namespace) = (svc.name_any(), ns.clone());
-    engine.start(key.to_string(), ws, JobKind::Destroy { lock }, move || {
-        let _ = trigger.send(
-            kube::runtime::reflector::ObjectRef::<Guarded<Service>>::new(&n).within(&namespace),
-        );
-    });
+    engine.start(
+        key.to_string(),
+        ws,
+        JobKind::Destroy { lock },
+        retrigger(ctx, svc),
+    );
     st.drifted = None;
     let health = Health::progressing("Destroying", "tofu destroy running");
     finish(ctx, svc, st, health, Some(ctx.resync())).await

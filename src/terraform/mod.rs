@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::crd::{PlanStatus, PlannedResource};
+use crate::crd::PlanStatus;
 use process::{Exit, Invocation, Output};
 pub use workspace::{Backend, RenderError, Workspace};
 
@@ -515,23 +515,8 @@ impl Engine {
             if out.code() != Some(0) {
                 return Err(failed("ApplyFailed", &out));
             }
-            let (add, change, destroy) = out.stream.counts();
-            let trigger = if out.stream.changes.iter().all(|c| c.action == "create") {
-                "Create"
-            } else {
-                "Update"
-            };
-            let plan = PlanStatus {
-                id: plan_id(&ws.hash, &format!("{:?}", out.stream.changes)),
-                workspace_hash: ws.hash.clone(),
-                add,
-                change,
-                destroy,
-                trigger: trigger.to_string(),
-                phase: "Applied".to_string(),
-                resources: out.stream.changes.iter().take(50).cloned().collect(),
-                approved_by: None,
-            };
+            let id = plan_id(&ws.hash, &format!("{:?}", out.stream.changes));
+            let plan = plan_status(ws, &out.stream, id, false, "Applied");
             let outputs = self.outputs(&dir, ws).await?;
             return Ok(Outcome::Applied { plan, outputs });
         }
@@ -554,13 +539,6 @@ impl Engine {
             _ => return Err(failed("PlanFailed", &out)),
         };
         let drift = matches!(kind, JobKind::DriftCheck { .. });
-        let trigger = if drift {
-            "Drift"
-        } else if out.stream.changes.iter().all(|c| c.action == "create") {
-            "Create"
-        } else {
-            "Update"
-        };
         let needs_id = matches!(kind, JobKind::PlanOnly | JobKind::ApplyApproved(_))
             || matches!(kind, JobKind::DriftCheck { correct: false });
         let id = if changes && needs_id {
@@ -579,24 +557,8 @@ impl Engine {
         } else {
             plan_id(&ws.hash, &format!("{:?}", out.stream.changes))
         };
-        let (add, change, destroy) = out.stream.counts();
-        let mut plan = PlanStatus {
-            id,
-            workspace_hash: ws.hash.clone(),
-            add,
-            change,
-            destroy,
-            trigger: trigger.to_string(),
-            phase: if changes { "Pending" } else { "NoChanges" }.to_string(),
-            resources: out
-                .stream
-                .changes
-                .iter()
-                .take(50)
-                .cloned()
-                .collect::<Vec<PlannedResource>>(),
-            approved_by: None,
-        };
+        let phase = if changes { "Pending" } else { "NoChanges" };
+        let mut plan = plan_status(ws, &out.stream, id, drift, phase);
         if drift && changes {
             let what: Vec<String> = if out.stream.drift.is_empty() {
                 out.stream
@@ -745,6 +707,35 @@ impl Engine {
                 }),
             },
         }
+    }
+}
+
+/// The plan as status shows it: counts, why, and the first 50 changes.
+fn plan_status(
+    ws: &Workspace,
+    stream: &stream::Stream,
+    id: String,
+    drift: bool,
+    phase: &str,
+) -> PlanStatus {
+    let (add, change, destroy) = stream.counts();
+    let trigger = if drift {
+        "Drift"
+    } else if stream.changes.iter().all(|c| c.action == "create") {
+        "Create"
+    } else {
+        "Update"
+    };
+    PlanStatus {
+        id,
+        workspace_hash: ws.hash.clone(),
+        add,
+        change,
+        destroy,
+        trigger: trigger.to_string(),
+        phase: phase.to_string(),
+        resources: stream.changes.iter().take(50).cloned().collect(),
+        approved_by: None,
     }
 }
 
