@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
+use kube::runtime::wait::Condition;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -49,6 +53,21 @@ fn service(ns: &str, name: &str) -> Service {
     );
     s.metadata.namespace = Some(ns.into());
     s
+}
+
+/// Connection `c<i>`: Service `s<i>` → `s<i-1>` on 8080.
+fn connection(ns: &str, i: usize) -> Connection {
+    let mut c = Connection::new(
+        &format!("c{i}"),
+        ConnectionSpec {
+            from: format!("s{i}"),
+            to: format!("s{}", i - 1),
+            port: 8080,
+            env_prefix: None,
+        },
+    );
+    c.metadata.namespace = Some(ns.into());
+    c
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -138,6 +157,83 @@ async fn latency(client: &Client, runs: usize) {
     );
 }
 
+/// The floor: the objects Mahler would create for `n` Services (Deployment,
+/// Service, NetworkPolicy) created directly, 32 at a time, until every
+/// Deployment has rolled out. Not labelled as Mahler's, so the operator
+/// ignores them.
+async fn raw_scale(client: &Client, n: usize) -> Duration {
+    let ns = environment(client, &format!("raw{n}")).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let kube_services: Api<KubeService> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let unmanaged = |meta: &mut ObjectMeta| {
+        meta.owner_references = None;
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.remove(mahler::MANAGED_BY.0);
+        }
+    };
+    let started = Instant::now();
+    let watch = {
+        let deployments = deployments.clone();
+        tokio::spawn(async move {
+            let mut done = HashSet::new();
+            let mut stream = watcher(deployments, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(d) = stream.try_next().await.expect("watch") {
+                if conditions::is_deployment_completed().matches_object(Some(&d)) {
+                    done.insert(d.name_any());
+                }
+                if done.len() == n {
+                    return started.elapsed();
+                }
+            }
+            unreachable!("watch ended")
+        })
+    };
+    stream::iter(0..n)
+        .map(|i| {
+            let (deployments, kube_services, policies) =
+                (deployments.clone(), kube_services.clone(), policies.clone());
+            let svc = service(&ns, &format!("s{i}"));
+            async move {
+                let mut d = mahler::workload::desired_deployment(&svc, &Default::default())
+                    .expect("deployment");
+                unmanaged(&mut d.metadata);
+                deployments
+                    .create(&PostParams::default(), &d)
+                    .await
+                    .expect("create deployment");
+                let mut k = mahler::workload::desired_kube_service(&svc).expect("service");
+                unmanaged(&mut k.metadata);
+                kube_services
+                    .create(&PostParams::default(), &k)
+                    .await
+                    .expect("create service");
+                if i > 0 {
+                    let ns = svc.namespace().unwrap_or_default();
+                    let to = service(&ns, &format!("s{}", i - 1));
+                    let mut p =
+                        mahler::workload::desired_connection_policy(&connection(&ns, i), &to);
+                    unmanaged(&mut p.metadata);
+                    policies
+                        .create(&PostParams::default(), &p)
+                        .await
+                        .expect("create policy");
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let rolled_out = watch.await.expect("watch task");
+    println!(
+        "raw: {n} Deployments + Services + {} NetworkPolicies created directly, all rolled out after {rolled_out:?}",
+        n - 1
+    );
+    rolled_out
+}
+
 fn operator_rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -171,7 +267,13 @@ async fn reqwest_like(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: Duration) {
+async fn scale(
+    client: &Client,
+    n: usize,
+    pid: u32,
+    metrics_url: &str,
+    resync: Duration,
+) -> Duration {
     let ns = environment(client, &format!("scale{n}")).await;
     // VmHWM is the process's lifetime peak, which would include the latency
     // stage. Writing "5" to clear_refs resets it to the current RSS (Linux),
@@ -212,18 +314,8 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
                     .await
                     .expect("create service");
                 if i > 0 {
-                    let mut c = Connection::new(
-                        &format!("c{i}"),
-                        ConnectionSpec {
-                            from: format!("s{i}"),
-                            to: format!("s{}", i - 1),
-                            port: 8080,
-                            env_prefix: None,
-                        },
-                    );
-                    c.metadata.namespace = Some(ns.clone());
                     connections
-                        .create(&PostParams::default(), &c)
+                        .create(&PostParams::default(), &connection(&ns, i))
                         .await
                         .expect("create connection");
                 }
@@ -272,6 +364,7 @@ async fn scale(client: &Client, n: usize, pid: u32, metrics_url: &str, resync: D
         "operator memory after settling: {settled} KiB → {:.1} KiB per Service",
         (settled.saturating_sub(rss_before)) as f64 / n as f64
     );
+    converged
 }
 
 #[tokio::main]
@@ -299,5 +392,10 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     latency(&client, runs).await;
-    scale(&client, n, pid, &metrics_url, resync).await;
+    let floor = raw_scale(&client, n).await;
+    let converged = scale(&client, n, pid, &metrics_url, resync).await;
+    println!(
+        "{n} Services: Mahler all Ready after {converged:?}, the cluster alone {floor:?}: Mahler's own share {:?}",
+        converged.saturating_sub(floor)
+    );
 }

@@ -32,3 +32,22 @@ export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS
 # BENCH=converge or BENCH=terraform runs one part only.
 if [[ ${BENCH:-all} != terraform ]]; then cargo bench --bench converge; fi
 if [[ ${BENCH:-all} != converge ]]; then cargo bench --bench terraform; fi
+# Who wrote what during the 1,000-Service stages (the API server's audit log).
+python3 - "$dir/clusters/$name/logs/audit.log" <<'PY'
+import collections, json, sys
+writes = collections.Counter()
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    ns = (e.get("objectRef") or {}).get("namespace", "")
+    if ns.startswith(("scale", "raw")):
+        # Every component uses the admin kubeconfig here: the user agent
+        # tells them apart (the bench and the operator are both kube-rs: the
+        # bench creates, the operator patches).
+        agent = e.get("userAgent", "?").split("/")[0]
+        ref = e["objectRef"]
+        res = ref["resource"] + ("/" + ref["subresource"] if ref.get("subresource") else "")
+        writes[(ns, agent, res, e["verb"])] += 1
+print("API writes in the 1,000-Service stages, by namespace, client, resource and verb:")
+for (ns, agent, res, verb), n in sorted(writes.items()):
+    print(f"  {n:6d}  {ns:16s} {agent:28s} {res:24s} {verb}")
+PY

@@ -4,7 +4,9 @@
 //!
 //! "Matches" means: the object carries the hash of the desired object we last
 //! applied (catches removed fields), and every field we set has the value we
-//! set (catches drift, e.g. someone editing the image). A reconcile with
+//! set (catches drift, e.g. someone editing the image). The observed side is
+//! JSON: a cached [`Child`](super::Child) view (the fields Mahler owns, plus
+//! status) or, for the few objects cached whole, [`whole`]. A reconcile with
 //! nothing to do therefore sends no write at all.
 
 use std::fmt::Debug;
@@ -22,9 +24,9 @@ use crate::FIELD_MANAGER;
 /// Annotation holding the hash of the last applied desired object.
 pub const APPLIED_HASH: &str = "mahler.dev/applied-hash";
 
-/// Applies `desired` unless `observed` already matches it. Returns whether a
-/// write was sent.
-pub async fn apply<K>(ctx: &Context, mut desired: K, observed: Option<&K>) -> Result<bool, Error>
+/// Applies `desired` unless `observed` (its JSON) already matches it.
+/// Returns whether a write was sent.
+pub async fn apply<K>(ctx: &Context, mut desired: K, observed: Option<Value>) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     K::Scope: ScopedApi,
@@ -34,7 +36,7 @@ where
         .annotations_mut()
         .insert(APPLIED_HASH.to_string(), hash);
     if let Some(observed) = observed
-        && up_to_date(&desired, observed)?
+        && up_to_date(&desired, &observed)?
     {
         return Ok(false);
     }
@@ -79,10 +81,22 @@ fn hash_of<K: Serialize>(desired: &K) -> Result<String, Error> {
     Ok(format!("{:x}", Sha256::digest(bytes))[..16].to_string())
 }
 
-fn up_to_date<K: Serialize>(desired: &K, observed: &K) -> Result<bool, Error> {
-    let desired = serde_json::to_value(desired).map_err(Error::Serialize)?;
-    let observed = serde_json::to_value(observed).map_err(Error::Serialize)?;
-    Ok(is_subset(&desired, &observed))
+fn up_to_date<K: Resource + Serialize>(desired: &K, observed: &Value) -> Result<bool, Error> {
+    let desired_json = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    match first_difference(&desired_json, observed) {
+        None => Ok(true),
+        Some(path) => {
+            tracing::debug!(object = %desired.name_any(), %path, "differs from the desired object; applying");
+            Ok(false)
+        }
+    }
+}
+
+/// A whole object as JSON, for `apply`'s `observed`.
+pub fn whole<K: Serialize>(observed: &K) -> Option<Value> {
+    // Serialising a decoded Kubernetes object cannot fail; if it ever did,
+    // `None` only costs one apply.
+    serde_json::to_value(observed).ok()
 }
 
 /// Whether every field set in `desired` has the same value in `observed`.
@@ -90,20 +104,32 @@ fn up_to_date<K: Serialize>(desired: &K, observed: &K) -> Result<bool, Error> {
 /// nulls in `desired` match an absent field (the API server drops them);
 /// quantities compare by value ("0.5" equals "500m").
 pub fn is_subset(desired: &Value, observed: &Value) -> bool {
-    match (desired, observed) {
-        (Value::Null, _) => true,
-        (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, dv)| match o.get(k) {
-            Some(ov) => is_subset(dv, ov),
-            None => is_empty(dv),
-        }),
-        (Value::Object(d), Value::Null) => d.is_empty(),
-        (Value::Array(d), Value::Array(o)) => {
-            d.len() == o.len() && d.iter().zip(o).all(|(dv, ov)| is_subset(dv, ov))
-        }
-        (Value::Array(d), Value::Null) => d.is_empty(),
-        (Value::String(d), Value::String(o)) => d == o || quantities_equal(d, o),
-        (d, o) => d == o,
-    }
+    first_difference(desired, observed).is_none()
+}
+
+/// The path of the first field where `observed` differs from `desired` (by
+/// the rules of [`is_subset`]), e.g. `.spec.template.spec.containers[0].image`.
+pub fn first_difference(desired: &Value, observed: &Value) -> Option<String> {
+    let differs =
+        match (desired, observed) {
+            (Value::Null, _) => false,
+            (Value::Object(d), Value::Object(o)) => {
+                return d.iter().find_map(|(k, dv)| match o.get(k) {
+                    Some(ov) => first_difference(dv, ov).map(|p| format!(".{k}{p}")),
+                    None => (!is_empty(dv)).then(|| format!(".{k}")),
+                });
+            }
+            (Value::Object(d), Value::Null) => !d.is_empty(),
+            (Value::Array(d), Value::Array(o)) if d.len() == o.len() => {
+                return d.iter().zip(o).enumerate().find_map(|(i, (dv, ov))| {
+                    first_difference(dv, ov).map(|p| format!("[{i}]{p}"))
+                });
+            }
+            (Value::Array(d), Value::Null) => !d.is_empty(),
+            (Value::String(d), Value::String(o)) => d != o && !quantities_equal(d, o),
+            (d, o) => d != o,
+        };
+    differs.then(String::new)
 }
 
 fn is_empty(v: &Value) -> bool {

@@ -5,8 +5,9 @@
 //! Mahler kinds are watched through `DeserializeGuard`, so an object that
 //! cannot be decoded is cached as an error (and reported on by its
 //! reconciler) instead of breaking the watch. Children are watched by the
-//! `app.kubernetes.io/managed-by=mahler` label only, and cached without
-//! managedFields, to keep memory per managed Service small.
+//! `app.kubernetes.io/managed-by=mahler` label only, and cached as
+//! [`Child`] views (Mahler's fields and status), to keep memory per managed
+//! Service small.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::Trigger;
+use super::{Child, Trigger};
 use crate::MANAGED_BY;
 use crate::crd::{Connection, Environment, GROUP, Project, ResourceTemplate, Service};
 use crate::environment::ENVIRONMENT_LABEL;
@@ -41,9 +42,9 @@ pub struct Caches {
     pub connections: Store<Guarded<Connection>>,
     pub templates: Store<Guarded<ResourceTemplate>>,
     pub namespaces: Store<Namespace>,
-    pub deployments: Store<Deployment>,
-    pub kube_services: Store<KubeService>,
-    pub network_policies: Store<NetworkPolicy>,
+    pub deployments: Store<Child<Deployment>>,
+    pub kube_services: Store<Child<KubeService>>,
+    pub network_policies: Store<Child<NetworkPolicy>>,
 }
 
 impl Caches {
@@ -218,9 +219,9 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     let (connections, connections_w) = reflector::store_shared::<Guarded<Connection>>(BUFFER);
     let (templates, templates_w) = reflector::store_shared::<Guarded<ResourceTemplate>>(BUFFER);
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
-    let (deployments, deployments_w) = reflector::store::<Deployment>();
-    let (kube_services, kube_services_w) = reflector::store::<KubeService>();
-    let (network_policies, network_policies_w) = reflector::store::<NetworkPolicy>();
+    let (deployments, deployments_w) = reflector::store::<Child<Deployment>>();
+    let (kube_services, kube_services_w) = reflector::store::<Child<KubeService>>();
+    let (network_policies, network_policies_w) = reflector::store::<Child<NetworkPolicy>>();
 
     let subscriptions = Subscriptions {
         projects: projects_w.subscribe().expect("shared store"),
@@ -362,7 +363,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
             Api::all(client.clone()),
             managed.clone(),
             deployments_w,
-            move |d: &Deployment| {
+            move |d: &Child<Deployment>| {
                 if let Some((kind, name)) = mahler_owner(d).filter(|(k, _)| k == "Service") {
                     let _ = kind;
                     send::<Service>(&t.services, &name, d.namespace().as_deref());
@@ -374,7 +375,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
             Api::all(client.clone()),
             managed.clone(),
             kube_services_w,
-            move |s: &KubeService| {
+            move |s: &Child<KubeService>| {
                 if let Some((_, name)) = mahler_owner(s).filter(|(k, _)| k == "Service") {
                     send::<Service>(&t.services, &name, s.namespace().as_deref());
                 }
@@ -385,7 +386,7 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
             Api::all(client),
             managed,
             network_policies_w,
-            move |np: &NetworkPolicy| match mahler_owner(np) {
+            move |np: &Child<NetworkPolicy>| match mahler_owner(np) {
                 Some((kind, name)) if kind == "Environment" => {
                     send::<Environment>(&t.environments, &name, None)
                 }

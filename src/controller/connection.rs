@@ -59,7 +59,7 @@ async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
             apply::apply(
                 ctx,
                 workload::desired_connection_policy(conn, to),
-                observed_policy.as_deref(),
+                observed_policy.as_ref().map(|p| p.value()),
             )
             .await?;
             status.network_policy = Some(policy_name);

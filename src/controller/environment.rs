@@ -68,13 +68,18 @@ async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
                 ),
             ),
             observed => {
-                let mut wrote =
-                    apply::apply(ctx, desired_namespace(env), observed.as_deref()).await?;
+                let mut wrote = apply::apply(
+                    ctx,
+                    desired_namespace(env),
+                    observed.as_deref().and_then(apply::whole),
+                )
+                .await?;
                 let policy = ctx
                     .caches
                     .network_policies
                     .get(&ObjectRef::new(DEFAULT_DENY_POLICY).within(&ns_name));
-                wrote |= apply::apply(ctx, desired_default_deny(env), policy.as_deref()).await?;
+                wrote |=
+                    apply::apply(ctx, desired_default_deny(env), policy.map(|p| p.value())).await?;
                 let active = observed
                     .as_ref()
                     .and_then(|ns| ns.status.as_ref())

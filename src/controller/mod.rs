@@ -8,6 +8,7 @@
 
 pub mod apply;
 mod cache;
+mod child;
 mod connection;
 mod environment;
 mod finalizer;
@@ -35,6 +36,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
 pub use cache::{Caches, Guarded};
+pub use child::Child;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -46,7 +48,7 @@ use crate::metrics::Metrics;
 /// Everything a reconcile pass can see: the client, the caches, settings.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub caches: Caches,
     pub settings: Settings,
@@ -116,6 +118,21 @@ impl Error {
 }
 
 impl Context {
+    /// Publishes an Event. A fresh `Recorder` per Event, as kube documents
+    /// it: a long-lived one keeps every Event it published for 6 minutes
+    /// (to turn repeats into series), which during a 1,000-Service rollout
+    /// cost more memory than the object caches. Mahler publishes on
+    /// condition changes, so repeats are rare and a new Event is right.
+    pub async fn publish_event(
+        &self,
+        event: &kube::runtime::events::Event,
+        reference: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+            .publish(event, reference)
+            .await
+    }
+
     pub fn new(
         client: Client,
         metrics: Arc<Metrics>,
@@ -130,7 +147,7 @@ impl Context {
             instance: Some(instance),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             caches,
@@ -282,7 +299,7 @@ where
         action: "Decode".into(),
         secondary: None,
     };
-    if ctx.recorder.publish(&event, &reference).await.is_ok() {
+    if ctx.publish_event(&event, &reference).await.is_ok() {
         ctx.metrics.wrote("Event", "event");
     }
     Err(Action::await_change())

@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::Service as KubeService;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Context, Error, Guarded, ScopedApi, apply, decoded, observe, status, template_service,
+    Child, Context, Error, Guarded, ScopedApi, apply, decoded, observe, status, template_service,
 };
 use crate::crd::{Connection, Health, Service, ServiceStatus};
 use crate::workload::{self, Rollout};
@@ -103,16 +104,25 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
     let (observed_deploy, observed_svc) =
         (observed_deploy.ok().flatten(), observed_svc.ok().flatten());
 
-    let mut wrote = apply::apply(ctx, deployment, observed_deploy.as_deref()).await?;
+    let mut wrote =
+        apply::apply(ctx, deployment, observed_deploy.as_ref().map(|d| d.value())).await?;
     match (workload::desired_kube_service(svc), &observed_svc) {
         (Some(desired), observed) => {
-            wrote |= apply::apply(ctx, desired, observed.as_deref()).await?
+            wrote |= apply::apply(ctx, desired, observed.as_ref().map(|s| s.value())).await?
         }
         (None, Some(stale)) => apply::delete(ctx, stale.as_ref()).await?,
         (None, None) => {}
     }
 
-    let health = match observed_deploy.as_deref().map(workload::rollout) {
+    let rollout = observed_deploy.as_deref().map(|d| match d.decode() {
+        Ok(d) => workload::rollout(&d),
+        // Mahler no longer owns the Deployment's required fields.
+        Err(e) => Rollout::InProgress {
+            message: format!("cannot read the Deployment's rollout: {e}"),
+            available: 0,
+        },
+    });
+    let health = match rollout {
         _ if wrote => Health::progressing(
             "RollingOut",
             "applied a new revision; waiting for the rollout",
@@ -251,11 +261,11 @@ async fn finish(
 /// confirmed with one GET.
 async fn owned_child<K>(
     ctx: &Context,
-    cache: &Store<K>,
+    cache: &Store<Child<K>>,
     svc: &Service,
-) -> Result<Result<Option<Arc<K>>, String>, Error>
+) -> Result<Result<Option<Arc<Child<K>>>, String>, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
     K::Scope: ScopedApi,
 {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
@@ -266,7 +276,9 @@ where
             .get_opt(&name)
             .await
             .map_err(Error::Kube)?
-            .map(Arc::new),
+            .map(|obj| Child::new(&obj).map(Arc::new))
+            .transpose()
+            .map_err(Error::Serialize)?,
     };
     Ok(match found {
         None => Ok(None),

@@ -94,7 +94,7 @@ where
         secondary: None,
     };
     let reference = obj.object_ref(&());
-    report(ctx, obj, ctx.recorder.publish(&event, &reference).await);
+    report(ctx, obj, ctx.publish_event(&event, &reference).await);
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -128,7 +128,7 @@ where
     report(
         ctx,
         obj,
-        ctx.recorder.publish(&event, &obj.object_ref(&())).await,
+        ctx.publish_event(&event, &obj.object_ref(&())).await,
     );
 }
 

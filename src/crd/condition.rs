@@ -1,7 +1,7 @@
 //! kstatus conditions (`Ready`, `Reconciling`, `Stalled`) shared by every kind.
 //!
 //! A reconciler decides one [`Health`] per pass; [`ConditionSet::apply`] turns it
-//! into the three conditions, keeping `lastTransitionTime` when a condition's
+//! into `Ready` plus, while true, `Reconciling` or `Stalled`, keeping `lastTransitionTime` when a condition's
 //! status does not change, so an unchanged outcome produces an identical status
 //! (and therefore no status write).
 
@@ -80,20 +80,16 @@ impl ConditionSet {
         let reason = health.reason();
         let message = health.message();
         self.set(READY, ready, reason, message, generation);
-        // The abnormal-true conditions carry the reason only while true, so a
-        // healthy object reads plainly in `kubectl describe`.
-        let (r_reason, r_msg) = if reconciling {
-            (reason, message)
-        } else {
-            (READY, "")
-        };
-        self.set(RECONCILING, reconciling, r_reason, r_msg, generation);
-        let (s_reason, s_msg) = if stalled {
-            (reason, message)
-        } else {
-            (READY, "")
-        };
-        self.set(STALLED, stalled, s_reason, s_msg, generation);
+        // The abnormal-true conditions are present only while true (the
+        // kstatus convention Flux follows): a healthy object reads plainly
+        // in `kubectl describe`, and its status stays small.
+        for (type_, active) in [(RECONCILING, reconciling), (STALLED, stalled)] {
+            if active {
+                self.set(type_, true, reason, message, generation);
+            } else {
+                self.0.retain(|c| c.type_ != type_);
+            }
+        }
     }
 
     /// Sets a condition of any type (e.g. `Drifted`).
@@ -147,12 +143,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_sets_three_conditions() {
+    fn ready_leaves_only_the_ready_condition() {
         let mut set = ConditionSet::default();
+        set.apply(&Health::progressing("RollingOut", "0/1"), Some(3));
+        assert_eq!(set.get(RECONCILING).unwrap().status, "True");
         set.apply(&Health::ready("all good"), Some(3));
         assert!(set.is_ready());
-        assert_eq!(set.get(RECONCILING).unwrap().status, "False");
-        assert_eq!(set.get(STALLED).unwrap().status, "False");
+        assert!(set.get(RECONCILING).is_none() && set.get(STALLED).is_none());
         assert_eq!(set.get(READY).unwrap().observed_generation, Some(3));
     }
 
@@ -167,7 +164,7 @@ mod tests {
         assert_eq!(set.get(READY).unwrap().reason, "ProjectNotFound");
         assert_eq!(set.get(STALLED).unwrap().reason, "ProjectNotFound");
         assert_eq!(set.get(STALLED).unwrap().status, "True");
-        assert_eq!(set.get(RECONCILING).unwrap().status, "False");
+        assert!(set.get(RECONCILING).is_none());
     }
 
     #[test]

@@ -350,6 +350,66 @@ async fn image_and_port_changes_roll_out_and_status_follows() {
 }
 
 #[tokio::test]
+async fn hand_edits_to_mahler_fields_are_reverted_and_additions_by_others_kept() {
+    let _guard = shared().await;
+    let env = env();
+    let client = env.client().await;
+    let ns = project_with_env(&client, "handedit").await;
+    env.apply(&service_yaml(
+        &ns,
+        "web",
+        "web:1",
+        "[{name: http, port: 80}]",
+    ));
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    wait_for(&services, "web", "Ready", is_ready(svc_conditions)).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let image = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .clone()
+    };
+
+    // A field Mahler set, changed by hand: the field moves to kubectl's
+    // manager, drops out of Mahler's cached view, and is applied back.
+    env.kubectl(&["-n", &ns, "set", "image", "deploy/web", "web=hacked:1"]);
+    wait_for(
+        &deployments,
+        "web",
+        "image restored",
+        |d: Option<&Deployment>| d.is_some_and(|d| image(d).as_deref() == Some("web:1")),
+    )
+    .await;
+
+    // A field Mahler never set, added by someone else: not Mahler's, so it
+    // stays, and Mahler does not write the Deployment over and over.
+    let deployment_writes = || {
+        env.operator_writes()
+            .iter()
+            .filter(|w| {
+                w["objectRef"]["resource"] == "deployments" && w["objectRef"]["namespace"] == ns
+            })
+            .count()
+    };
+    let before = deployment_writes();
+    env.kubectl(&["-n", &ns, "set", "env", "deploy/web", "EXTRA=1"]);
+    env.service_reconciles(5.0).await;
+    // Observe across more than two resyncs (2 s each in tests).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(deployment_writes(), before, "Mahler rewrote the Deployment");
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(pod_env(&d).get("EXTRA").map(String::as_str), Some("1"));
+    assert_eq!(image(&d).as_deref(), Some("web:1"));
+}
+
+#[tokio::test]
 async fn deleting_each_kind_removes_what_it_created() {
     let _guard = shared().await;
     let env = env();
