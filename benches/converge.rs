@@ -234,6 +234,22 @@ async fn raw_scale(client: &Client, n: usize) -> Duration {
     rolled_out
 }
 
+/// User + system CPU the operator has used, in seconds.
+fn operator_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks (100 per second).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn operator_rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -280,6 +296,7 @@ async fn scale(
     // so the peak read after convergence belongs to this stage alone.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset operator VmHWM");
     let rss_before = operator_rss_kib(pid, "VmRSS:");
+    let cpu_before = operator_cpu_seconds(pid);
     let hwm_before = operator_rss_kib(pid, "VmHWM:");
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let connections: Api<Connection> = Api::namespaced(client.clone(), &ns);
@@ -327,8 +344,9 @@ async fn scale(
     let created = started.elapsed();
     let converged = watch.await.expect("watch task");
     let peak = operator_rss_kib(pid, "VmHWM:");
+    let cpu = operator_cpu_seconds(pid) - cpu_before;
     println!(
-        "{n} Services + {} Connections: created in {created:?}, all Ready after {converged:?}",
+        "{n} Services + {} Connections: created in {created:?}, all Ready after {converged:?}; operator CPU {cpu:.1} s",
         n - 1
     );
     // Baseline = RSS at the reset (VmHWM then equals it, give or take pages

@@ -15,7 +15,9 @@ cleanup() {
   rm -rf "$MAHLER_CLUSTER_DIR"
 }
 trap cleanup EXIT
-MAHLER_NODES=${MAHLER_NODES:-10} hack/cluster.sh up "$name" >/dev/null
+# 25 nodes: kwok nodes take 110 pods each, and the raw floor plus the Mahler
+# stage keep 2,000+ pods running.
+MAHLER_NODES=${MAHLER_NODES:-25} hack/cluster.sh up "$name" >/dev/null
 export KUBECONFIG=$dir/kubeconfig
 tools=$(hack/tools.sh dir)
 "$tools/kubectl" apply -k crds/ >/dev/null

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::GetParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -122,18 +124,24 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
             available: 0,
         },
     });
-    let health = match rollout {
-        _ if wrote => Health::progressing(
+    // One message per available-replica count, not per rollout step: a
+    // new one-replica Service then writes its status twice (rolling out,
+    // Ready) instead of at every Deployment status change. The step is in
+    // the Deployment's own status (`kubectl rollout status`).
+    let desired = svc.spec.replicas.unwrap_or(1);
+    let rolling_out = |available: i32| {
+        Health::progressing(
             "RollingOut",
-            "applied a new revision; waiting for the rollout",
-        ),
-        None => Health::progressing("RollingOut", "waiting for the Deployment to be created"),
+            format!("rolling out: {available} of {desired} replica(s) available"),
+        )
+    };
+    let health = match rollout {
         Some(Rollout::InProgress { message, available }) => {
+            tracing::debug!(step = %message, "rolling out");
             status.available_replicas = Some(available);
-            Health::progressing("RollingOut", message)
+            rolling_out(available)
         }
-        Some(Rollout::Failed { message }) => Health::stalled("RolloutFailed", message),
-        Some(Rollout::Complete { available }) => {
+        Some(Rollout::Complete { available }) if !wrote => {
             status.available_replicas = Some(available);
             let at = status
                 .url
@@ -142,8 +150,20 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
                 .unwrap_or_default();
             Health::ready(format!("{available} replica(s) available{at}"))
         }
+        Some(Rollout::Failed { message }) if !wrote => Health::stalled("RolloutFailed", message),
+        // Just applied a new revision (pods still run the old one), or the
+        // Deployment is not there yet.
+        Some(Rollout::Complete { available }) => {
+            status.available_replicas = Some(available);
+            rolling_out(available)
+        }
+        Some(Rollout::Failed { .. }) | None => rolling_out(current_available(svc).unwrap_or(0)),
     };
     finish(ctx, svc, status, health).await
+}
+
+fn current_available(svc: &Service) -> Option<i32> {
+    svc.status.as_ref().and_then(|s| s.available_replicas)
 }
 
 /// Resolves `valueFrom.serviceOutput` variables to the producers' outputs
@@ -258,7 +278,10 @@ async fn finish(
 /// The child named after `svc` if it is ours (`Ok(Some)`), absent
 /// (`Ok(None)`), or `Err(message)` when an object of that name belongs to
 /// someone else. The cache only holds Mahler-labelled objects, so a miss is
-/// confirmed with one GET.
+/// checked with one metadata GET from the API server's watch cache
+/// (`resourceVersion=0`: no etcd read for each new Service). An object of
+/// ours that the cache has not seen yet counts as absent: applying it again
+/// is idempotent, and its watch event follows.
 async fn owned_child<K>(
     ctx: &Context,
     cache: &Store<Child<K>>,
@@ -270,29 +293,25 @@ where
 {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
     let uid = svc.uid().unwrap_or_default();
-    let found = match cache.get(&ObjectRef::new(&name).within(&ns)) {
-        Some(obj) => Some(obj),
-        None => K::Scope::api::<K>(ctx.client.clone(), Some(&ns))
-            .get_opt(&name)
-            .await
-            .map_err(Error::Kube)?
-            .map(|obj| Child::new(&obj).map(Arc::new))
-            .transpose()
-            .map_err(Error::Serialize)?,
+    let ours = |refs: &[OwnerReference]| {
+        refs.iter()
+            .any(|o| o.uid == uid && o.controller == Some(true))
     };
-    Ok(match found {
-        None => Ok(None),
-        Some(obj)
-            if obj
-                .owner_references()
-                .iter()
-                .any(|o| o.uid == uid && o.controller == Some(true)) =>
-        {
-            Ok(Some(obj))
+    if let Some(obj) = cache.get(&ObjectRef::new(&name).within(&ns)) {
+        if ours(obj.owner_references()) {
+            return Ok(Ok(Some(obj)));
         }
-        Some(_) => Err(format!(
-            "a {} named {name} already exists in {ns} and is not managed by this Service",
-            K::kind(&())
-        )),
-    })
+    } else {
+        let found = K::Scope::api::<K>(ctx.client.clone(), Some(&ns))
+            .get_metadata_opt_with(&name, &GetParams::any())
+            .await
+            .map_err(Error::Kube)?;
+        if found.is_none_or(|meta| ours(meta.owner_references())) {
+            return Ok(Ok(None));
+        }
+    }
+    Ok(Err(format!(
+        "a {} named {name} already exists in {ns} and is not managed by this Service",
+        K::kind(&())
+    )))
 }

@@ -69,10 +69,22 @@ where
     let after = set
         .get("Ready")
         .map(|c| (c.status.clone(), c.reason.clone()));
-    if before != after {
+    if before != after && worth_an_event(before.as_ref(), health) {
         publish(ctx, obj, health).await;
     }
     set.into_vec()
+}
+
+/// Whether a change of the Ready condition deserves an Event: becoming Ready,
+/// every Stalled reason (a Warning), and work starting on an object that was
+/// Ready (a rollout of a new revision, a deletion). Not the progress of a
+/// new object towards its first Ready: its conditions say that, and at
+/// 1,000 new Services those Events were a third of the operator's writes.
+fn worth_an_event(before: Option<&(String, String)>, health: &Health) -> bool {
+    match health {
+        Health::Progressing { .. } => before.is_some_and(|(status, _)| status == "True"),
+        Health::Ready { .. } | Health::Stalled { .. } => true,
+    }
 }
 
 /// Publishes an Event describing `health` on `obj`. Failures are logged, never
