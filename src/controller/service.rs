@@ -157,7 +157,13 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
             status.available_replicas = Some(available);
             rolling_out(available)
         }
-        Some(Rollout::Failed { .. }) | None => rolling_out(current_available(svc).unwrap_or(0)),
+        Some(Rollout::Failed { .. }) | None => {
+            // Set it, so the status does not change again (and cost a
+            // write) when the Deployment first reports 0 available.
+            let available = current_available(svc).unwrap_or(0);
+            status.available_replicas = Some(available);
+            rolling_out(available)
+        }
     };
     finish(ctx, svc, status, health).await
 }
