@@ -157,6 +157,36 @@ async fn latency(client: &Client, runs: usize) {
     );
 }
 
+/// Watches `api` until `n` objects satisfy `done` at once; the time since
+/// `started` when they do.
+fn until_all<K>(
+    api: Api<K>,
+    n: usize,
+    started: Instant,
+    done: impl Fn(&K) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<Duration>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut names = HashSet::new();
+        let mut stream = watcher(api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(obj) = stream.try_next().await.expect("watch") {
+            if done(&obj) {
+                names.insert(obj.name_any());
+            } else {
+                names.remove(&obj.name_any());
+            }
+            if names.len() == n {
+                return started.elapsed();
+            }
+        }
+        unreachable!("watch ended")
+    })
+}
+
 /// The floor: the objects Mahler would create for `n` Services (Deployment,
 /// Service, NetworkPolicy) created directly, 32 at a time, until every
 /// Deployment has rolled out. Not labelled as Mahler's, so the operator
@@ -173,24 +203,9 @@ async fn raw_scale(client: &Client, n: usize) -> Duration {
         }
     };
     let started = Instant::now();
-    let watch = {
-        let deployments = deployments.clone();
-        tokio::spawn(async move {
-            let mut done = HashSet::new();
-            let mut stream = watcher(deployments, watcher::Config::default())
-                .applied_objects()
-                .boxed();
-            while let Some(d) = stream.try_next().await.expect("watch") {
-                if conditions::is_deployment_completed().matches_object(Some(&d)) {
-                    done.insert(d.name_any());
-                }
-                if done.len() == n {
-                    return started.elapsed();
-                }
-            }
-            unreachable!("watch ended")
-        })
-    };
+    let watch = until_all(deployments.clone(), n, started, |d: &Deployment| {
+        conditions::is_deployment_completed().matches_object(Some(d))
+    });
     stream::iter(0..n)
         .map(|i| {
             let (deployments, kube_services, policies) =
@@ -302,26 +317,7 @@ async fn scale(
     let connections: Api<Connection> = Api::namespaced(client.clone(), &ns);
 
     let started = Instant::now();
-    let watch = {
-        let services = services.clone();
-        tokio::spawn(async move {
-            let mut ready_names = HashSet::new();
-            let mut stream = watcher(services, watcher::Config::default())
-                .applied_objects()
-                .boxed();
-            while let Some(s) = stream.try_next().await.expect("watch") {
-                if ready(&s) {
-                    ready_names.insert(s.name_any());
-                } else {
-                    ready_names.remove(&s.name_any());
-                }
-                if ready_names.len() == n {
-                    return started.elapsed();
-                }
-            }
-            unreachable!("watch ended")
-        })
-    };
+    let watch = until_all(services.clone(), n, started, ready);
     stream::iter(0..n)
         .map(|i| {
             let (services, connections, ns) = (services.clone(), connections.clone(), ns.clone());

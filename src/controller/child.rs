@@ -22,7 +22,7 @@ use std::marker::PhantomData;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use serde::de::{DeserializeOwned, Error as _};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::FIELD_MANAGER;
@@ -37,13 +37,8 @@ pub struct Child<K> {
 
 impl<K> Child<K>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    K: Resource<DynamicType = ()> + DeserializeOwned,
 {
-    /// The cached view of a whole object (a watch event or a GET).
-    pub fn new(object: &K) -> Result<Self, serde_json::Error> {
-        Self::from_value(serde_json::to_value(object)?)
-    }
-
     fn from_value(mut object: Value) -> Result<Self, serde_json::Error> {
         let Some(fields) = object.as_object_mut() else {
             return Err(serde_json::Error::custom("expected an object"));
@@ -225,7 +220,7 @@ impl<K> fmt::Debug for Child<K> {
 
 impl<'de, K> Deserialize<'de> for Child<K>
 where
-    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    K: Resource<DynamicType = ()> + DeserializeOwned,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Self::from_value(Value::deserialize(deserializer)?).map_err(D::Error::custom)

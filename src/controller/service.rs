@@ -12,7 +12,6 @@ use kube::api::GetParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -135,14 +134,19 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
             format!("rolling out: {available} of {desired} replica(s) available"),
         )
     };
+    // Set even before the Deployment reports, so the status does not change
+    // again (and cost a write) when it first reports 0 available.
+    let available = match &rollout {
+        Some(Rollout::InProgress { available, .. } | Rollout::Complete { available }) => *available,
+        Some(Rollout::Failed { .. }) | None => svc
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0),
+    };
+    status.available_replicas = Some(available);
     let health = match rollout {
-        Some(Rollout::InProgress { message, available }) => {
-            tracing::debug!(step = %message, "rolling out");
-            status.available_replicas = Some(available);
-            rolling_out(available)
-        }
-        Some(Rollout::Complete { available }) if !wrote => {
-            status.available_replicas = Some(available);
+        Some(Rollout::Complete { .. }) if !wrote => {
             let at = status
                 .url
                 .as_deref()
@@ -151,25 +155,15 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
             Health::ready(format!("{available} replica(s) available{at}"))
         }
         Some(Rollout::Failed { message }) if !wrote => Health::stalled("RolloutFailed", message),
+        Some(Rollout::InProgress { message, .. }) => {
+            tracing::debug!(step = %message, "rolling out");
+            rolling_out(available)
+        }
         // Just applied a new revision (pods still run the old one), or the
         // Deployment is not there yet.
-        Some(Rollout::Complete { available }) => {
-            status.available_replicas = Some(available);
-            rolling_out(available)
-        }
-        Some(Rollout::Failed { .. }) | None => {
-            // Set it, so the status does not change again (and cost a
-            // write) when the Deployment first reports 0 available.
-            let available = current_available(svc).unwrap_or(0);
-            status.available_replicas = Some(available);
-            rolling_out(available)
-        }
+        _ => rolling_out(available),
     };
     finish(ctx, svc, status, health).await
-}
-
-fn current_available(svc: &Service) -> Option<i32> {
-    svc.status.as_ref().and_then(|s| s.available_replicas)
 }
 
 /// Resolves `valueFrom.serviceOutput` variables to the producers' outputs
@@ -294,7 +288,7 @@ async fn owned_child<K>(
     svc: &Service,
 ) -> Result<Result<Option<Arc<Child<K>>>, String>, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     K::Scope: ScopedApi,
 {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
