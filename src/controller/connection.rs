@@ -114,7 +114,8 @@ async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
             }
         }
     };
-    let current = conn.status.as_ref();
+    let current = ctx.written.current(conn, conn.status.as_ref());
+    let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     status.conditions = status::conditions(ctx, conn, existing, &health).await;
     status::patch_status(ctx, conn, current, &status).await?;

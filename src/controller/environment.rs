@@ -121,7 +121,8 @@ async fn write_status(
     health: &Health,
     namespace: Option<String>,
 ) -> Result<(), Error> {
-    let current = env.status.as_ref();
+    let current = ctx.written.current(env, env.status.as_ref());
+    let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let status = EnvironmentStatus {
         observed_generation: env.meta().generation,

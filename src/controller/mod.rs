@@ -59,6 +59,8 @@ pub struct Context {
     pub service_trigger: Trigger<Guarded<crate::crd::Service>>,
     backoffs: Mutex<HashMap<String, ExponentialBackoff>>,
     reported_invalid: Mutex<HashSet<String>>,
+    /// Status writes the cache does not show yet.
+    pub written: status::Written,
 }
 
 /// Operator settings the reconcilers use.
@@ -157,6 +159,7 @@ impl Context {
             service_trigger,
             backoffs: Mutex::default(),
             reported_invalid: Mutex::default(),
+            written: status::Written::default(),
         }
     }
 

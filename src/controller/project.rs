@@ -56,7 +56,8 @@ async fn write_status(
     health: &Health,
     environments: Vec<String>,
 ) -> Result<(), Error> {
-    let current = project.status.as_ref();
+    let current = ctx.written.current(project, project.status.as_ref());
+    let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let status = ProjectStatus {
         observed_generation: project.meta().generation,

@@ -265,7 +265,8 @@ async fn finish(
     mut status: ServiceStatus,
     health: Health,
 ) -> Result<Action, Error> {
-    let current = svc.status.as_ref();
+    let current = ctx.written.current(svc, svc.status.as_ref());
+    let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     if status.available_replicas.is_none() {
         status.available_replicas = current.and_then(|s| s.available_replicas);

@@ -3,13 +3,22 @@
 //! Status is written with server-side apply only when it differs from what the
 //! object already shows; an Event is published only when the Ready condition
 //! changes (status or reason), so a steady state writes nothing.
+//!
+//! "What the object already shows" is the cached object, or the status this
+//! process wrote last while the cache does not show that write yet (see
+//! [`Written`]).
 
+use std::any::Any;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -18,7 +27,65 @@ use super::{Context, Error, ScopedApi, api_for};
 use crate::FIELD_MANAGER;
 use crate::crd::{ConditionSet, Health};
 
-/// Applies `status` to `obj` if it differs from `current`.
+/// Statuses this process wrote that its cache does not show yet, by uid.
+///
+/// A reconcile triggered right after a status write (a child's watch event,
+/// a Connection's) often reads its object from the cache before the watch
+/// has delivered that write. Compared with the stale status, the same status
+/// looked new: it was written again and its Ready transition announced with
+/// a second Event. At 1,000 new Services with Connections that was about a
+/// third of all status writes and Events. So a write is remembered until the
+/// cache shows it (or for [`Written::TTL`], in case the watch relisted past
+/// it), and [`Written::current`] answers with it meanwhile.
+#[derive(Default)]
+pub struct Written(Mutex<HashMap<String, (Instant, AnyStatus)>>);
+
+type AnyStatus = Box<dyn Any + Send + Sync>;
+
+impl Written {
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// The status to compare a new one with: `cached`, unless this process
+    /// wrote a different one since that the cache does not show yet.
+    pub fn current<'a, K, S>(&self, obj: &K, cached: Option<&'a S>) -> Option<Cow<'a, S>>
+    where
+        K: Resource,
+        S: Clone + PartialEq + Send + Sync + 'static,
+    {
+        let Some(uid) = obj.meta().uid.as_deref() else {
+            return cached.map(Cow::Borrowed);
+        };
+        let mut written = self.0.lock();
+        if let Some((at, status)) = written.get(uid) {
+            match status.downcast_ref::<S>() {
+                Some(status) if cached != Some(status) && at.elapsed() < Self::TTL => {
+                    return Some(Cow::Owned(status.clone()));
+                }
+                // The cache caught up (or the entry is too old to trust).
+                _ => {
+                    written.remove(uid);
+                }
+            }
+        }
+        cached.map(Cow::Borrowed)
+    }
+
+    fn record<K: Resource, S: Send + Sync + 'static>(&self, obj: &K, status: S) {
+        let Some(uid) = obj.meta().uid.clone() else {
+            return;
+        };
+        let mut written = self.0.lock();
+        // Entries normally go at the next reconcile; this bounds the ones
+        // whose object was deleted before it.
+        if written.len() >= 256 {
+            written.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+        }
+        written.insert(uid, (Instant::now(), Box::new(status)));
+    }
+}
+
+/// Applies `status` to `obj` if it differs from `current` (from
+/// [`Written::current`]).
 pub async fn patch_status<K, S>(
     ctx: &Context,
     obj: &K,
@@ -28,10 +95,13 @@ pub async fn patch_status<K, S>(
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
     K::Scope: ScopedApi,
-    S: Serialize + PartialEq,
+    S: Serialize + PartialEq + Clone + Send + Sync + 'static,
 {
     if current == Some(status) {
         return Ok(());
+    }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        tracing::debug!(object = %obj.name_any(), kind = %K::kind(&()), changed = ?changed_fields(current, status), "writing status");
     }
     let api: Api<K> = api_for(&ctx.client, obj);
     let body = json!({
@@ -46,8 +116,53 @@ where
     )
     .await
     .map_err(Error::Kube)?;
+    ctx.written.record(obj, status.clone());
     ctx.metrics.wrote(&K::kind(&()), "apply_status");
     Ok(())
+}
+
+/// The top-level status fields (conditions by type) that differ, for the
+/// debug log of every status write.
+fn changed_fields<S: Serialize>(current: Option<&S>, new: &S) -> Vec<String> {
+    let to_map = |s: Option<&S>| match s.map(serde_json::to_value) {
+        Some(Ok(serde_json::Value::Object(m))) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (to_map(current), to_map(Some(new)));
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut changed = Vec::new();
+    for key in keys {
+        let (a, b) = (old.get(key), new.get(key));
+        if a == b {
+            continue;
+        }
+        if key == "conditions" {
+            let by_type = |v: Option<&serde_json::Value>| -> Vec<(String, String)> {
+                v.and_then(|v| v.as_array())
+                    .map(|cs| {
+                        cs.iter()
+                            .map(|c| {
+                                (
+                                    c["type"].as_str().unwrap_or("?").to_string(),
+                                    format!("{}/{}", c["status"], c["reason"]),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            changed.push(format!("conditions {:?} -> {:?}", by_type(a), by_type(b)));
+        } else {
+            changed.push(format!(
+                "{key} {} -> {}",
+                a.map(ToString::to_string).unwrap_or_default(),
+                b.map(ToString::to_string).unwrap_or_default()
+            ));
+        }
+    }
+    changed
 }
 
 /// New conditions for `health`, and an Event when the Ready condition changed.
@@ -106,6 +221,7 @@ where
         secondary: None,
     };
     let reference = obj.object_ref(&());
+    tracing::debug!(object = %obj.name_any(), kind = %K::kind(&()), reason = %event.reason, "publishing event");
     report(ctx, obj, ctx.publish_event(&event, &reference).await);
 }
 
@@ -153,5 +269,60 @@ fn report<K: Resource>(ctx: &Context, obj: &K, result: Result<(), kube::Error>) 
             tracing::debug!(object = %name, "no event: namespace terminating")
         }
         Err(error) => tracing::warn!(%error, object = %name, "could not publish event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Service, ServiceSpec};
+
+    fn object(uid: &str) -> Service {
+        let mut s = Service::new("api", ServiceSpec::default());
+        s.metadata.uid = Some(uid.into());
+        s
+    }
+
+    #[test]
+    fn a_write_the_cache_does_not_show_yet_is_the_current_status() {
+        let written = Written::default();
+        let obj = object("u1");
+        let (old, new) = ("rolling out".to_string(), "ready".to_string());
+        written.record(&obj, new.clone());
+        // The cache still shows the status before the write.
+        assert_eq!(written.current(&obj, Some(&old)).as_deref(), Some(&new));
+        assert_eq!(written.current(&obj, None).as_deref(), Some(&new));
+        // Another object is not affected.
+        assert_eq!(
+            written.current(&object("u2"), Some(&old)).as_deref(),
+            Some(&old)
+        );
+    }
+
+    #[test]
+    fn once_the_cache_shows_the_write_the_cache_is_current_again() {
+        let written = Written::default();
+        let obj = object("u1");
+        written.record(&obj, "ready".to_string());
+        let cached = "ready".to_string();
+        assert_eq!(
+            written.current(&obj, Some(&cached)).as_deref(),
+            Some(&cached)
+        );
+        // The entry is gone: a later status from elsewhere is taken as is.
+        let later = "edited".to_string();
+        assert_eq!(written.current(&obj, Some(&later)).as_deref(), Some(&later));
+    }
+
+    #[test]
+    fn a_write_of_another_status_type_is_ignored() {
+        let written = Written::default();
+        let obj = object("u1");
+        written.record(&obj, 7_u32);
+        let cached = "ready".to_string();
+        assert_eq!(
+            written.current(&obj, Some(&cached)).as_deref(),
+            Some(&cached)
+        );
     }
 }

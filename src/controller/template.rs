@@ -30,7 +30,8 @@ async fn pass(tpl: &ResourceTemplate, ctx: &Context) -> Result<Action, Error> {
     if tpl.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let current = tpl.status.as_ref();
+    let current = ctx.written.current(tpl, tpl.status.as_ref());
+    let current = current.as_deref();
     let names: Vec<&str> = tpl.spec.outputs.iter().map(|o| o.name.as_str()).collect();
     let mut status = ResourceTemplateStatus {
         observed_generation: tpl.meta().generation,

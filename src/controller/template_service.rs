@@ -913,7 +913,8 @@ async fn finish(
     health: Health,
     requeue: Option<Action>,
 ) -> Result<Action, Error> {
-    let current = svc.status.as_ref();
+    let current = ctx.written.current(svc, svc.status.as_ref());
+    let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut conditions = status::conditions(ctx, svc, existing, &health).await;
     let mut set = ConditionSet(std::mem::take(&mut conditions));

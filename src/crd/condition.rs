@@ -106,7 +106,7 @@ impl ConditionSet {
         match existing {
             Some(c) => {
                 if c.status != status {
-                    c.last_transition_time = Time(Timestamp::now());
+                    c.last_transition_time = now();
                 }
                 c.status = status;
                 c.reason = reason.to_string();
@@ -119,7 +119,7 @@ impl ConditionSet {
                 reason: reason.to_string(),
                 message: message.to_string(),
                 observed_generation: generation,
-                last_transition_time: Time(Timestamp::now()),
+                last_transition_time: now(),
             }),
         }
     }
@@ -136,6 +136,12 @@ impl ConditionSet {
     pub fn into_vec(self) -> Vec<Condition> {
         self.0
     }
+}
+
+/// Now, in whole seconds: the precision the API server stores, so a status
+/// held in memory equals the same status read back.
+fn now() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
 }
 
 #[cfg(test)]
@@ -183,13 +189,13 @@ mod tests {
     fn transition_time_moves_only_on_status_change() {
         let mut set = ConditionSet::default();
         set.apply(&Health::progressing("RollingOut", "0/1"), Some(1));
-        let t0 = set.get(READY).unwrap().last_transition_time.clone();
+        let t0 = Time(Timestamp::UNIX_EPOCH);
+        set.0[0].last_transition_time = t0.clone();
         set.apply(
             &Health::progressing("RollingOut", "still 0/1, new message"),
             Some(1),
         );
         assert_eq!(set.get(READY).unwrap().last_transition_time, t0);
-        std::thread::sleep(std::time::Duration::from_millis(2));
         set.apply(&Health::ready("done"), Some(1));
         assert_ne!(set.get(READY).unwrap().last_transition_time, t0);
     }
