@@ -2,14 +2,16 @@
 //! `mahler-operator` field manager, skipped entirely when the cached object
 //! already matches what we would send.
 //!
-//! "Matches" means: the object carries the hash of the desired object we last
-//! applied (catches removed fields), and every field we set has the value we
-//! set (catches drift, e.g. someone editing the image). The observed side is
-//! JSON: a cached [`Child`](super::Child) view (the fields Mahler owns, plus
-//! status) or, for the few objects cached whole, [`whole`]. A reconcile with
-//! nothing to do therefore sends no write at all.
+//! "Matches" means, for a cached [`Child`](super::Child): the fields Mahler's
+//! apply owns are exactly the desired object ([`fields_digest`] equal). For
+//! the few objects cached whole ([`whole`]): the object carries the hash of
+//! the desired object we last applied (catches removed fields), and every
+//! field we set has the value we set (catches drift, e.g. someone editing
+//! the image). A reconcile with nothing to do therefore sends no write at all.
 
+use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -24,9 +26,25 @@ use crate::FIELD_MANAGER;
 /// Annotation holding the hash of the last applied desired object.
 pub const APPLIED_HASH: &str = "mahler.dev/applied-hash";
 
-/// Applies `desired` unless `observed` (its JSON) already matches it.
+/// What `apply` compares the desired object with.
+pub enum Observed {
+    /// Not there (or not known to be): apply.
+    Absent,
+    /// A whole object, as JSON.
+    Whole(Value),
+    /// The [`fields_digest`] of a cached child's Mahler-owned fields.
+    Fields(u64),
+}
+
+impl<S> From<Option<super::Child<S>>> for Observed {
+    fn from(child: Option<super::Child<S>>) -> Self {
+        child.map_or(Observed::Absent, |c| Observed::Fields(c.fields))
+    }
+}
+
+/// Applies `desired` unless `observed` already matches it.
 /// Returns whether a write was sent.
-pub async fn apply<K>(ctx: &Context, mut desired: K, observed: Option<Value>) -> Result<bool, Error>
+pub async fn apply<K>(ctx: &Context, mut desired: K, observed: Observed) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     K::Scope: ScopedApi,
@@ -35,9 +53,7 @@ where
     desired
         .annotations_mut()
         .insert(APPLIED_HASH.to_string(), hash);
-    if let Some(observed) = observed
-        && up_to_date(&desired, &observed)?
-    {
+    if up_to_date(&desired, &observed)? {
         return Ok(false);
     }
     let api: Api<K> = api_for(&ctx.client, &desired);
@@ -55,7 +71,31 @@ where
     Ok(true)
 }
 
-/// Deletes a child if it still exists in the cache. 404 counts as done.
+/// Deletes the child `name` in `namespace` unless it is already going.
+/// 404 counts as done.
+pub async fn delete_child<K, S>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    observed: &super::Child<S>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    K::Scope: ScopedApi,
+{
+    if observed.deleting {
+        return Ok(());
+    }
+    let api: Api<K> = K::Scope::api(ctx.client.clone(), Some(namespace));
+    ctx.metrics.wrote(&K::kind(&()), "delete");
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+/// Deletes an object if it still exists in the cache. 404 counts as done.
 pub async fn delete<K>(ctx: &Context, observed: &K) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
@@ -81,15 +121,77 @@ fn hash_of<K: Serialize>(desired: &K) -> Result<String, Error> {
     Ok(format!("{:x}", Sha256::digest(bytes))[..16].to_string())
 }
 
-fn up_to_date<K: Resource + Serialize>(desired: &K, observed: &Value) -> Result<bool, Error> {
-    let desired_json = serde_json::to_value(desired).map_err(Error::Serialize)?;
-    match first_difference(&desired_json, observed) {
-        None => Ok(true),
-        Some(path) => {
-            tracing::debug!(object = %desired.name_any(), %path, "differs from the desired object; applying");
-            Ok(false)
+fn up_to_date<K: Resource + Serialize>(desired: &K, observed: &Observed) -> Result<bool, Error> {
+    let mut desired_json = serde_json::to_value(desired).map_err(Error::Serialize)?;
+    match observed {
+        Observed::Absent => Ok(false),
+        Observed::Whole(observed) => match first_difference(&desired_json, observed) {
+            None => Ok(true),
+            Some(path) => {
+                tracing::debug!(object = %desired.name_any(), %path, "differs from the desired object; applying");
+                Ok(false)
+            }
+        },
+        Observed::Fields(observed) => {
+            // Identity is not among the fields an apply owns.
+            if let Value::Object(o) = &mut desired_json {
+                o.remove("apiVersion");
+                o.remove("kind");
+                if let Some(Value::Object(meta)) = o.get_mut("metadata") {
+                    meta.remove("name");
+                    meta.remove("namespace");
+                }
+            }
+            let same = fields_digest(&desired_json) == *observed;
+            if !same {
+                tracing::debug!(object = %desired.name_any(), "Mahler's fields differ from the desired object; applying");
+            }
+            Ok(same)
         }
     }
+}
+
+/// A digest of an object's fields, equal for two objects exactly when
+/// [`first_difference`] finds no difference either way: map keys in any
+/// order, null and empty lists/maps the same as absent, quantities by value
+/// ("0.5" and "500m" alike).
+pub fn fields_digest(value: &Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    hash_normalized(value, &mut h);
+    h.finish()
+}
+
+fn hash_normalized(value: &Value, h: &mut DefaultHasher) {
+    match value {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, b).hash(h),
+        Value::Number(n) => (2u8, n.as_f64().map(canonical_number)).hash(h),
+        Value::String(s) => match parse_quantity(s) {
+            Some(q) => (2u8, Some(canonical_number(q))).hash(h),
+            None => (3u8, s).hash(h),
+        },
+        Value::Array(items) => {
+            (4u8, items.len()).hash(h);
+            for item in items {
+                hash_normalized(item, h);
+            }
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> =
+                map.keys().filter(|k| !is_empty(&map[k.as_str()])).collect();
+            keys.sort();
+            (5u8, keys.len()).hash(h);
+            for k in keys {
+                k.hash(h);
+                hash_normalized(&map[k.as_str()], h);
+            }
+        }
+    }
+}
+
+/// A number to 12 significant digits, so "0.1" and "100m" hash alike.
+fn canonical_number(x: f64) -> String {
+    format!("{x:.11e}")
 }
 
 /// A whole object as JSON, for `apply`'s `observed`.

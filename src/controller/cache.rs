@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{Child, Trigger};
+use super::child::{ChildObject, ChildStoreWriter};
+use super::{ChildKind, ChildStore, Trigger};
 use crate::MANAGED_BY;
 use crate::crd::{Connection, Environment, GROUP, Project, ResourceTemplate, Service};
 use crate::environment::ENVIRONMENT_LABEL;
@@ -42,9 +43,9 @@ pub struct Caches {
     pub connections: Store<Guarded<Connection>>,
     pub templates: Store<Guarded<ResourceTemplate>>,
     pub namespaces: Store<Namespace>,
-    pub deployments: Store<Child<Deployment>>,
-    pub kube_services: Store<Child<KubeService>>,
-    pub network_policies: Store<Child<NetworkPolicy>>,
+    pub deployments: ChildStore<Deployment>,
+    pub kube_services: ChildStore<KubeService>,
+    pub network_policies: ChildStore<NetworkPolicy>,
 }
 
 impl Caches {
@@ -219,9 +220,9 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     let (connections, connections_w) = reflector::store_shared::<Guarded<Connection>>(BUFFER);
     let (templates, templates_w) = reflector::store_shared::<Guarded<ResourceTemplate>>(BUFFER);
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
-    let (deployments, deployments_w) = reflector::store::<Child<Deployment>>();
-    let (kube_services, kube_services_w) = reflector::store::<Child<KubeService>>();
-    let (network_policies, network_policies_w) = reflector::store::<Child<NetworkPolicy>>();
+    let (deployments, deployments_w) = ChildStore::<Deployment>::new();
+    let (kube_services, kube_services_w) = ChildStore::<KubeService>::new();
+    let (network_policies, network_policies_w) = ChildStore::<NetworkPolicy>::new();
 
     let subscriptions = Subscriptions {
         projects: projects_w.subscribe().expect("shared store"),
@@ -359,34 +360,33 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
             },
         );
         let t = tx.clone();
-        let deployments = feed(
+        let deployments = feed_children(
             Api::all(client.clone()),
             managed.clone(),
             deployments_w,
-            move |d: &Child<Deployment>| {
-                if let Some((kind, name)) = mahler_owner(d).filter(|(k, _)| k == "Service") {
-                    let _ = kind;
+            move |d: &ChildObject<Deployment>| {
+                if let Some((_, name)) = mahler_owner(d).filter(|(k, _)| k == "Service") {
                     send::<Service>(&t.services, &name, d.namespace().as_deref());
                 }
             },
         );
         let t = tx.clone();
-        let kube_services = feed(
+        let kube_services = feed_children(
             Api::all(client.clone()),
             managed.clone(),
             kube_services_w,
-            move |s: &Child<KubeService>| {
+            move |s: &ChildObject<KubeService>| {
                 if let Some((_, name)) = mahler_owner(s).filter(|(k, _)| k == "Service") {
                     send::<Service>(&t.services, &name, s.namespace().as_deref());
                 }
             },
         );
         let t = tx;
-        let network_policies = feed(
+        let network_policies = feed_children(
             Api::all(client),
             managed,
             network_policies_w,
-            move |np: &Child<NetworkPolicy>| match mahler_owner(np) {
+            move |np: &ChildObject<NetworkPolicy>| match mahler_owner(np) {
                 Some((kind, name)) if kind == "Environment" => {
                     send::<Environment>(&t.environments, &name, None)
                 }
@@ -453,4 +453,34 @@ where
             }
             future::ready(())
         })
+}
+
+/// Drives the watch of a child kind into its [`ChildStore`], calling `route`
+/// for every object touched (applied or deleted) after the store has been
+/// updated.
+fn feed_children<K>(
+    api: Api<ChildObject<K>>,
+    config: watcher::Config,
+    writer: ChildStoreWriter<K>,
+    route: impl Fn(&ChildObject<K>) + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: ChildKind + Clone + Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    watcher(api, config).default_backoff().for_each(move |res| {
+        match res {
+            Ok(event) => {
+                writer.apply(&event);
+                match &event {
+                    watcher::Event::Apply(o)
+                    | watcher::Event::InitApply(o)
+                    | watcher::Event::Delete(o) => route(o),
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+            }
+            Err(error) => warn!(%kind, %error, "watch error; retrying with backoff"),
+        }
+        future::ready(())
+    })
 }

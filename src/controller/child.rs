@@ -1,131 +1,270 @@
 //! How the caches keep the objects Mahler creates (Deployments, Services,
-//! NetworkPolicies): not whole, but as the fields Mahler's field manager
-//! owns plus status.
+//! NetworkPolicies): not whole, but as a digest of the fields Mahler's
+//! field manager owns, plus the little of their status a reconcile reads.
 //!
 //! A whole typed Deployment costs about 13 KB of heap; a reconciler needs
-//! only its identity and ownership (to route events and refuse foreign
-//! objects), the fields Mahler set (to tell whether an apply is due) and the
-//! status (to follow a rollout). The object's `managedFields` entry for
-//! Mahler's server-side apply lists exactly those fields, so the cache keeps
-//! the object pruned to that set, as compact JSON, and decodes it on demand.
+//! only to know whose it is (to refuse foreign objects), whether Mahler's
+//! fields still hold what Mahler would apply (to skip the apply), and how
+//! far the rollout got. The object's `managedFields` entry for Mahler's
+//! server-side apply lists exactly Mahler's fields, so the watch prunes the
+//! object to that set and keeps a 64-bit digest of it ([`fields_digest`]);
+//! `apply` compares the desired object's digest with it. A cached child is
+//! about 100 bytes.
 //!
-//! Pruning also gives drift detection the semantics of server-side apply:
-//! when someone changes a field Mahler set, the API server moves the field
-//! to their manager, it drops out of the pruned view, and the next reconcile
-//! re-applies it; a field someone else added (an extra label, a sidecar's
-//! env entry) is not Mahler's and is left alone.
+//! Pruning gives drift detection the semantics of server-side apply: when
+//! someone changes a field Mahler set, the API server moves the field to
+//! their manager, it drops out of the pruned view, the digest changes, and
+//! the next reconcile re-applies it; a field someone else added (an extra
+//! label, a sidecar's env entry) is not Mahler's and is left alone.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
+use kube::runtime::watcher;
+use parking_lot::RwLock;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 
+use super::apply::fields_digest;
 use crate::FIELD_MANAGER;
+use crate::workload::RolloutStatus;
 
-/// A child object as cached: identity and ownership in `metadata`, the rest
-/// (Mahler's fields and status) as compact JSON.
-pub struct Child<K> {
+/// A kind Mahler creates, and what of its status the cache keeps.
+pub trait ChildKind: Resource<DynamicType = ()> + DeserializeOwned + Send + Sync + 'static {
+    type Status: Clone + fmt::Debug + Default + Send + Sync + 'static;
+    /// The kept part of the object's `status`.
+    fn status(status: Option<Value>) -> Self::Status;
+}
+
+impl ChildKind for Deployment {
+    type Status = RolloutStatus;
+    fn status(status: Option<Value>) -> RolloutStatus {
+        // A status the Deployment controller wrote always decodes; if one
+        // ever did not, "nothing observed yet" only delays Ready.
+        status
+            .and_then(|s| serde_json::from_value::<DeploymentStatus>(s).ok())
+            .map(|s| RolloutStatus::of(&s))
+            .unwrap_or_default()
+    }
+}
+
+impl ChildKind for KubeService {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
+impl ChildKind for NetworkPolicy {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
+/// A child object as cached.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Child<S> {
+    /// [`uid_digest`] of its controller owner's uid; 0 without one.
+    pub owner: u64,
+    pub generation: i64,
+    pub deleting: bool,
+    /// [`fields_digest`] of the fields Mahler's apply owns (metadata and spec).
+    pub fields: u64,
+    pub status: S,
+}
+
+impl<S> Child<S> {
+    /// Whether `uid` is its controller owner.
+    pub fn owned_by(&self, uid: &str) -> bool {
+        self.owner != 0 && self.owner == uid_digest(uid)
+    }
+}
+
+/// A digest of an object's uid (never 0), to match owner references against.
+pub fn uid_digest(uid: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    uid.hash(&mut h);
+    h.finish().max(1)
+}
+
+/// What the watch decodes a child into: its identity and controller owner
+/// (to route the event and key the cache), and the [`Child`] it becomes.
+pub struct ChildObject<K: ChildKind> {
     metadata: ObjectMeta,
-    json: Box<str>,
+    child: Child<K::Status>,
     kind: PhantomData<fn() -> K>,
 }
 
-impl<K> Child<K>
-where
-    K: Resource<DynamicType = ()> + DeserializeOwned,
-{
+impl<K: ChildKind> ChildObject<K> {
     fn from_value(mut object: Value) -> Result<Self, serde_json::Error> {
         let Some(fields) = object.as_object_mut() else {
             return Err(serde_json::Error::custom("expected an object"));
         };
         let status = fields.remove("status");
-        let full = object;
-        let mut view = match mahler_owned_fields(&full["metadata"]) {
-            Some(owned) => prune(&full, owned),
+        let owned = match mahler_owned_fields(&object["metadata"]) {
+            Some(owned) => prune(&object, owned),
             None => Value::Object(Map::new()),
         };
-        if let (Value::Object(view), Some(status)) = (&mut view, status) {
-            view.insert("status".into(), status);
-        }
-        let meta = match full {
-            Value::Object(mut full) => {
-                let mut meta = full.remove("metadata").unwrap_or_default();
-                if let Some(meta) = meta.as_object_mut() {
-                    meta.remove("managedFields");
-                }
-                meta
-            }
+        let mut meta = match object {
+            Value::Object(mut object) => object.remove("metadata").unwrap_or_default(),
             _ => Value::Null,
         };
+        if let Some(meta) = meta.as_object_mut() {
+            meta.remove("managedFields");
+            meta.remove("annotations");
+            meta.remove("labels");
+        }
         let meta: ObjectMeta = serde_json::from_value(meta)?;
-        Ok(Child {
+        let owner = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map_or(0, |r| uid_digest(&r.uid));
+        Ok(ChildObject {
+            child: Child {
+                owner,
+                generation: meta.generation.unwrap_or(0),
+                deleting: meta.deletion_timestamp.is_some(),
+                fields: fields_digest(&owned),
+                status: K::status(status),
+            },
             metadata: identity(meta),
-            json: serde_json::to_string(&view)?.into_boxed_str(),
             kind: PhantomData,
         })
     }
-
-    /// Mahler's fields, name, namespace and status as JSON (what `apply`
-    /// compares against).
-    pub fn value(&self) -> Value {
-        // The cache wrote this string itself, from a `Value`.
-        let mut value: Value = serde_json::from_str(&self.json).unwrap_or_default();
-        if let Value::Object(object) = &mut value {
-            // List items carry no apiVersion and kind; the type knows them.
-            object.insert("apiVersion".into(), K::api_version(&()).into());
-            object.insert("kind".into(), K::kind(&()).into());
-            let meta = object
-                .entry("metadata")
-                .or_insert_with(|| Value::Object(Map::new()));
-            for (key, v) in [
-                ("name", &self.metadata.name),
-                ("namespace", &self.metadata.namespace),
-            ] {
-                if let (Some(meta), Some(v)) = (meta.as_object_mut(), v) {
-                    meta.insert(key.into(), Value::String(v.clone()));
-                }
-            }
-        }
-        value
-    }
-
-    /// The view as a typed object: identity, Mahler's fields and status set;
-    /// everything else absent. Fails only if Mahler owns too little of the
-    /// object for `K`'s required fields (someone else took them over).
-    pub fn decode(&self) -> Result<K, serde_json::Error> {
-        let mut object: K = serde_json::from_str(&self.json)?;
-        let (meta, view) = (object.meta_mut(), &self.metadata);
-        meta.name.clone_from(&view.name);
-        meta.namespace.clone_from(&view.namespace);
-        meta.generation = view.generation;
-        meta.resource_version.clone_from(&view.resource_version);
-        meta.deletion_timestamp.clone_from(&view.deletion_timestamp);
-        Ok(object)
-    }
 }
 
-/// What the typed metadata keeps: what routing, ownership checks, deletes
-/// and rollout judgement read, and the resourceVersion the watch resumes
-/// from. (Not the uid: nothing reads a child's own uid, and the cache key
-/// would carry a second copy.)
+/// What the metadata keeps: routing and cache keys (name, namespace, the
+/// controller owner) and the resourceVersion the watch resumes from.
 fn identity(meta: ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         name: meta.name,
         namespace: meta.namespace,
-        generation: meta.generation,
         resource_version: meta.resource_version,
-        deletion_timestamp: meta.deletion_timestamp,
         owner_references: meta.owner_references.map(|refs| {
             refs.into_iter()
                 .filter(|r| r.controller == Some(true))
                 .collect()
         }),
         ..ObjectMeta::default()
+    }
+}
+
+/// The cache of one child kind: namespace → name → [`Child`].
+pub struct ChildStore<K: ChildKind> {
+    state: Arc<RwLock<State<K::Status>>>,
+    ready: watch::Receiver<bool>,
+}
+
+/// Namespace → name → child.
+type ByNamespace<S> = HashMap<Box<str>, HashMap<Box<str>, Child<S>>>;
+
+struct State<S> {
+    objects: ByNamespace<S>,
+    /// Objects of a (re)list in progress; they replace `objects` when it ends.
+    relist: Option<ByNamespace<S>>,
+}
+
+impl<K: ChildKind> Clone for ChildStore<K> {
+    fn clone(&self) -> Self {
+        ChildStore {
+            state: self.state.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+/// Feeds a [`ChildStore`] from its watch.
+pub struct ChildStoreWriter<K: ChildKind> {
+    state: Arc<RwLock<State<K::Status>>>,
+    ready: watch::Sender<bool>,
+}
+
+impl<K: ChildKind> ChildStore<K> {
+    pub fn new() -> (Self, ChildStoreWriter<K>) {
+        let state = Arc::new(RwLock::new(State {
+            objects: HashMap::new(),
+            relist: None,
+        }));
+        let (tx, rx) = watch::channel(false);
+        (
+            ChildStore {
+                state: state.clone(),
+                ready: rx,
+            },
+            ChildStoreWriter { state, ready: tx },
+        )
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Child<K::Status>> {
+        self.state.read().objects.get(namespace)?.get(name).cloned()
+    }
+
+    /// Resolves once the first list is in.
+    pub async fn wait_until_ready(&self) {
+        let mut ready = self.ready.clone();
+        // An error means the writer is gone: the operator is shutting down.
+        let _ = ready.wait_for(|r| *r).await;
+    }
+}
+
+impl<K: ChildKind> ChildStoreWriter<K> {
+    pub fn apply(&self, event: &watcher::Event<ChildObject<K>>) {
+        let mut state = self.state.write();
+        match event {
+            watcher::Event::Init => state.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(o) => {
+                if let Some(relist) = &mut state.relist {
+                    insert(relist, o);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(objects) = state.relist.take() {
+                    state.objects = objects;
+                }
+                self.ready.send_replace(true);
+            }
+            watcher::Event::Apply(o) => insert(&mut state.objects, o),
+            watcher::Event::Delete(o) => {
+                let (ns, name) = key(o);
+                if let Some(names) = state.objects.get_mut(ns) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        state.objects.remove(ns);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn key<K: ChildKind>(o: &ChildObject<K>) -> (&str, &str) {
+    (
+        o.metadata.namespace.as_deref().unwrap_or_default(),
+        o.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn insert<K: ChildKind>(objects: &mut ByNamespace<K::Status>, o: &ChildObject<K>) {
+    let (ns, name) = key(o);
+    let names = match objects.get_mut(ns) {
+        Some(names) => names,
+        None => objects.entry(ns.into()).or_default(),
+    };
+    match names.get_mut(name) {
+        Some(child) => *child = o.child.clone(),
+        None => {
+            names.insert(name.into(), o.child.clone());
+        }
     }
 }
 
@@ -199,35 +338,32 @@ fn list_key_matches(key: &str, index: usize, item: &Value) -> bool {
         .is_some_and(|i| i == index)
 }
 
-impl<K> Clone for Child<K> {
+impl<K: ChildKind> Clone for ChildObject<K> {
     fn clone(&self) -> Self {
-        Child {
+        ChildObject {
             metadata: self.metadata.clone(),
-            json: self.json.clone(),
+            child: self.child.clone(),
             kind: PhantomData,
         }
     }
 }
 
-impl<K> fmt::Debug for Child<K> {
+impl<K: ChildKind> fmt::Debug for ChildObject<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Child")
+        f.debug_struct("ChildObject")
             .field("metadata", &self.metadata)
-            .field("json", &self.json)
+            .field("child", &self.child)
             .finish()
     }
 }
 
-impl<'de, K> Deserialize<'de> for Child<K>
-where
-    K: Resource<DynamicType = ()> + DeserializeOwned,
-{
+impl<'de, K: ChildKind> Deserialize<'de> for ChildObject<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Self::from_value(Value::deserialize(deserializer)?).map_err(D::Error::custom)
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Resource for Child<K> {
+impl<K: ChildKind> Resource for ChildObject<K> {
     type DynamicType = ();
     type Scope = K::Scope;
 
@@ -304,13 +440,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn keeps_identity_owned_fields_and_status_and_decodes() {
-        let deployment = json!({
+    fn deployment(image: &str, extra_env: bool) -> Value {
+        let mut env = vec![json!({"name": "A", "value": "1"})];
+        if extra_env {
+            env.push(json!({"name": "THEIRS", "value": "x"}));
+        }
+        json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {
                 "name": "web", "namespace": "ns", "uid": "u1", "generation": 3,
-                "resourceVersion": "7", "labels": {"app": "web"},
+                "resourceVersion": "7", "labels": {"app": "web", "theirs": "y"},
                 "ownerReferences": [{"apiVersion": "mahler.dev/v1alpha1", "kind": "Service",
                                      "name": "web", "uid": "o1", "controller": true}],
                 "managedFields": [
@@ -320,50 +459,89 @@ mod tests {
                      "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}},
                                   "f:spec": {"f:replicas": {}, "f:selector": {},
                                              "f:template": {"f:spec": {"f:containers": {
-                                                 "k:{\"name\":\"web\"}": {"f:name": {}, "f:image": {}}}}}}}}
+                                                 "k:{\"name\":\"web\"}": {".": {}, "f:name": {}, "f:image": {},
+                                                     "f:env": {"k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}}}}}
                 ]
             },
             "spec": {
                 "replicas": 2, "progressDeadlineSeconds": 600,
                 "selector": {"matchLabels": {"app": "web"}},
-                "template": {"spec": {"containers": [{"name": "web", "image": "x:1",
+                "template": {"spec": {"containers": [{"name": "web", "image": image, "env": env,
                                                         "terminationMessagePath": "/dev/termination-log"}]}}
             },
-            "status": {"replicas": 2, "observedGeneration": 3}
-        });
-        let child: Child<Deployment> =
-            serde_json::from_value(deployment).expect("decodes as a cache entry");
-        assert_eq!(child.meta().name.as_deref(), Some("web"));
-        assert_eq!(child.meta().owner_references.as_ref().unwrap().len(), 1);
-        assert!(child.meta().managed_fields.is_none() && child.meta().labels.is_none());
+            "status": {"replicas": 2, "updatedReplicas": 2, "availableReplicas": 1, "observedGeneration": 3}
+        })
+    }
+
+    fn decode(v: Value) -> ChildObject<Deployment> {
+        serde_json::from_value(v).expect("decodes as a cache entry")
+    }
+
+    #[test]
+    fn keeps_identity_owner_a_digest_of_mahlers_fields_and_the_rollout() {
+        let object = decode(deployment("x:1", false));
+        assert_eq!(object.meta().name.as_deref(), Some("web"));
+        assert!(object.meta().labels.is_none() && object.meta().managed_fields.is_none());
+        let child = &object.child;
+        assert!(child.owned_by("o1") && !child.owned_by("o2"));
+        assert_eq!((child.generation, child.deleting), (3, false));
         assert_eq!(
-            child.value(),
-            json!({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "web", "namespace": "ns", "labels": {"app": "web"}},
-                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
-                         "template": {"spec": {"containers": [{"name": "web", "image": "x:1"}]}}},
-                "status": {"replicas": 2, "observedGeneration": 3}
-            })
+            (
+                child.status.reported,
+                child.status.available,
+                child.status.observed_generation
+            ),
+            (true, 1, 3)
         );
-        let decoded = child.decode().expect("a typed Deployment again");
-        assert_eq!(decoded.metadata.generation, Some(3));
-        assert_eq!(decoded.status.unwrap().observed_generation, Some(3));
-        assert_eq!(decoded.spec.unwrap().progress_deadline_seconds, None);
+        // The digest is that of exactly the fields Mahler applied.
+        let applied = json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"spec": {"containers": [{"name": "web", "image": "x:1",
+                                                             "env": [{"name": "A", "value": "1"}]}]}}}
+        });
+        assert_eq!(child.fields, fields_digest(&applied));
+    }
+
+    #[test]
+    fn others_fields_leave_the_digest_alone_a_changed_field_of_mahlers_does_not() {
+        let base = decode(deployment("x:1", false)).child.fields;
+        assert_eq!(decode(deployment("x:1", true)).child.fields, base);
+        assert_ne!(decode(deployment("x:2", false)).child.fields, base);
     }
 
     #[test]
     fn an_object_mahler_never_applied_keeps_no_fields() {
-        let child: Child<Deployment> = serde_json::from_value(json!({
+        let object: ChildObject<Deployment> = serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "theirs", "namespace": "ns"},
             "spec": {"selector": {}, "template": {}}
         }))
         .unwrap();
-        assert_eq!(
-            child.value(),
-            json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                   "metadata": {"name": "theirs", "namespace": "ns"}})
+        assert_eq!(object.child.fields, fields_digest(&json!({})));
+        assert_eq!(object.child.owner, 0);
+        assert!(!object.child.status.reported);
+    }
+
+    #[test]
+    fn the_store_follows_applies_deletes_and_relists() {
+        let (store, writer) = ChildStore::<Deployment>::new();
+        let web = decode(deployment("x:1", false));
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitApply(web.clone()));
+        assert!(
+            store.get("ns", "web").is_none(),
+            "not before the list is complete"
         );
+        writer.apply(&watcher::Event::InitDone);
+        assert_eq!(store.get("ns", "web"), Some(web.child.clone()));
+        writer.apply(&watcher::Event::Delete(web.clone()));
+        assert!(store.get("ns", "web").is_none());
+        writer.apply(&watcher::Event::Apply(web.clone()));
+        assert!(store.get("ns", "web").is_some());
+        // A relist without it drops it.
+        writer.apply(&watcher::Event::Init);
+        writer.apply(&watcher::Event::InitDone);
+        assert!(store.get("ns", "web").is_none());
     }
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, Guarded, apply, decoded, observe, status};
@@ -41,10 +41,7 @@ async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
     let from = ctx.caches.service(&ns, &spec.from);
     let to = ctx.caches.service(&ns, &spec.to);
     let policy_name = workload::connection_policy_name(conn);
-    let observed_policy = ctx
-        .caches
-        .network_policies
-        .get(&ObjectRef::new(&policy_name).within(&ns));
+    let observed_policy = ctx.caches.network_policies.get(&ns, &policy_name);
 
     // The policy exists exactly while `to` listens on the port.
     let admits = to
@@ -59,14 +56,14 @@ async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
             apply::apply(
                 ctx,
                 workload::desired_connection_policy(conn, to),
-                observed_policy.as_ref().map(|p| p.value()),
+                observed_policy.into(),
             )
             .await?;
             status.network_policy = Some(policy_name);
         }
         None => {
             if let Some(stale) = observed_policy {
-                apply::delete(ctx, stale.as_ref()).await?;
+                apply::delete_child::<NetworkPolicy, _>(ctx, &ns, &policy_name, &stale).await?;
             }
         }
     }

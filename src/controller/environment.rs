@@ -71,15 +71,17 @@ async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
                 let mut wrote = apply::apply(
                     ctx,
                     desired_namespace(env),
-                    observed.as_deref().and_then(apply::whole),
+                    observed
+                        .as_deref()
+                        .and_then(apply::whole)
+                        .map_or(apply::Observed::Absent, apply::Observed::Whole),
                 )
                 .await?;
                 let policy = ctx
                     .caches
                     .network_policies
-                    .get(&ObjectRef::new(DEFAULT_DENY_POLICY).within(&ns_name));
-                wrote |=
-                    apply::apply(ctx, desired_default_deny(env), policy.map(|p| p.value())).await?;
+                    .get(&ns_name, DEFAULT_DENY_POLICY);
+                wrote |= apply::apply(ctx, desired_default_deny(env), policy.into()).await?;
                 let active = observed
                     .as_ref()
                     .and_then(|ns| ns.status.as_ref())

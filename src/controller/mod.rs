@@ -36,7 +36,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
 pub use cache::{Caches, Guarded};
-pub use child::Child;
+pub use child::{Child, ChildKind, ChildStore};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};

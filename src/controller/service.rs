@@ -10,12 +10,11 @@ use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::GetParams;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 
 use super::{
-    Child, Context, Error, Guarded, ScopedApi, apply, decoded, observe, status, template_service,
+    Child, ChildKind, ChildStore, Context, Error, Guarded, ScopedApi, apply, decoded, observe,
+    status, template_service,
 };
 use crate::crd::{Connection, Health, Service, ServiceStatus};
 use crate::workload::{self, Rollout};
@@ -105,29 +104,25 @@ async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
     let (observed_deploy, observed_svc) =
         (observed_deploy.ok().flatten(), observed_svc.ok().flatten());
 
-    let mut wrote =
-        apply::apply(ctx, deployment, observed_deploy.as_ref().map(|d| d.value())).await?;
+    let mut wrote = apply::apply(ctx, deployment, observed_deploy.clone().into()).await?;
     match (workload::desired_kube_service(svc), &observed_svc) {
         (Some(desired), observed) => {
-            wrote |= apply::apply(ctx, desired, observed.as_ref().map(|s| s.value())).await?
+            wrote |= apply::apply(ctx, desired, observed.clone().into()).await?
         }
-        (None, Some(stale)) => apply::delete(ctx, stale.as_ref()).await?,
+        (None, Some(stale)) => {
+            apply::delete_child::<KubeService, _>(ctx, &ns, &name, stale).await?
+        }
         (None, None) => {}
     }
 
-    let rollout = observed_deploy.as_deref().map(|d| match d.decode() {
-        Ok(d) => workload::rollout(&d),
-        // Mahler no longer owns the Deployment's required fields.
-        Err(e) => Rollout::InProgress {
-            message: format!("cannot read the Deployment's rollout: {e}"),
-            available: 0,
-        },
-    });
+    let desired = svc.spec.replicas.unwrap_or(1);
+    let rollout = observed_deploy
+        .as_ref()
+        .map(|d| workload::rollout(desired, d.generation, &d.status));
     // One message per available-replica count, not per rollout step: a
     // new one-replica Service then writes its status twice (rolling out,
     // Ready) instead of at every Deployment status change. The step is in
     // the Deployment's own status (`kubectl rollout status`).
-    let desired = svc.spec.replicas.unwrap_or(1);
     let rolling_out = |available: i32| {
         Health::progressing(
             "RollingOut",
@@ -285,11 +280,11 @@ async fn finish(
 /// is idempotent, and its watch event follows.
 async fn owned_child<K>(
     ctx: &Context,
-    cache: &Store<Child<K>>,
+    cache: &ChildStore<K>,
     svc: &Service,
-) -> Result<Result<Option<Arc<Child<K>>>, String>, Error>
+) -> Result<Result<Option<Child<K::Status>>, String>, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: ChildKind + Clone + std::fmt::Debug,
     K::Scope: ScopedApi,
 {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
@@ -298,8 +293,8 @@ where
         refs.iter()
             .any(|o| o.uid == uid && o.controller == Some(true))
     };
-    if let Some(obj) = cache.get(&ObjectRef::new(&name).within(&ns)) {
-        if ours(obj.owner_references()) {
+    if let Some(obj) = cache.get(&ns, &name) {
+        if obj.owned_by(&uid) {
             return Ok(Ok(Some(obj)));
         }
     } else {

@@ -692,7 +692,7 @@ async fn publish_outputs(
             type_: Some("Opaque".into()),
             ..Default::default()
         };
-        apply::apply(ctx, secret, None).await?;
+        apply::apply(ctx, secret, apply::Observed::Absent).await?;
     }
     st.status.outputs = visible;
     st.status.outputs_secret = Some(name);

@@ -9,7 +9,7 @@ mod edges;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar as KubeEnvVar, EnvVarSource as KubeEnvVarSource,
     HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service as KubeService,
@@ -357,35 +357,67 @@ pub enum Rollout {
     Failed { message: String },
 }
 
-/// Reads a Deployment's rollout state the way `kubectl rollout status` does.
-pub fn rollout(deploy: &Deployment) -> Rollout {
-    let desired = deploy.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let Some(status) = deploy.status.as_ref() else {
+/// What of a Deployment's status a rollout judgement reads (all a cached
+/// Deployment keeps of it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolloutStatus {
+    /// False until the Deployment controller has written a status.
+    pub reported: bool,
+    pub observed_generation: i64,
+    pub replicas: i32,
+    pub updated: i32,
+    pub available: i32,
+    /// The Progressing condition's message, once the progress deadline passed.
+    pub deadline_exceeded: Option<String>,
+}
+
+impl RolloutStatus {
+    pub fn of(status: &DeploymentStatus) -> Self {
+        let deadline_exceeded = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+            .map(|c| {
+                c.message
+                    .clone()
+                    .unwrap_or_else(|| "rollout exceeded its progress deadline".into())
+            });
+        RolloutStatus {
+            reported: true,
+            observed_generation: status.observed_generation.unwrap_or(0),
+            replicas: status.replicas.unwrap_or(0),
+            updated: status.updated_replicas.unwrap_or(0),
+            available: status.available_replicas.unwrap_or(0),
+            deadline_exceeded,
+        }
+    }
+}
+
+/// Reads the rollout of a Deployment of `desired` replicas at `generation`
+/// the way `kubectl rollout status` does.
+pub fn rollout(desired: i32, generation: i64, status: &RolloutStatus) -> Rollout {
+    if !status.reported {
         return Rollout::InProgress {
             message: "waiting for the Deployment controller".into(),
             available: 0,
         };
-    };
-    let available = status.available_replicas.unwrap_or(0);
-    if status.observed_generation.unwrap_or(0) < deploy.metadata.generation.unwrap_or(0) {
+    }
+    let available = status.available;
+    if status.observed_generation < generation {
         return Rollout::InProgress {
             message: "waiting for the Deployment controller to observe the new spec".into(),
             available,
         };
     }
-    let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| {
-        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    }) {
+    if let Some(message) = &status.deadline_exceeded {
         return Rollout::Failed {
-            message: c
-                .message
-                .clone()
-                .unwrap_or_else(|| "rollout exceeded its progress deadline".into()),
+            message: message.clone(),
         };
     }
-    let updated = status.updated_replicas.unwrap_or(0);
-    let total = status.replicas.unwrap_or(0);
+    let (updated, total) = (status.updated, status.replicas);
     if updated < desired {
         return Rollout::InProgress {
             message: format!("{updated} of {desired} replicas updated"),
@@ -588,11 +620,11 @@ mod tests {
         );
     }
 
-    fn deploy(generation: i64, status: DeploymentStatus) -> Deployment {
-        let mut d = desired_deployment(&api(), &Edges::default()).unwrap();
-        d.metadata.generation = Some(generation);
-        d.status = Some(status);
-        d
+    /// The rollout of the `api` Service's Deployment (2 replicas).
+    fn rollout_at(generation: i64, status: DeploymentStatus) -> Rollout {
+        let d = desired_deployment(&api(), &Edges::default()).unwrap();
+        let desired = d.spec.unwrap().replicas.unwrap();
+        rollout(desired, generation, &RolloutStatus::of(&status))
     }
 
     #[test]
@@ -605,14 +637,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            rollout(&deploy(2, done.clone())),
+            rollout_at(2, done.clone()),
             Rollout::Complete { available: 2 }
         );
         assert!(
-            matches!(
-                rollout(&deploy(3, done.clone())),
-                Rollout::InProgress { .. }
-            ),
+            matches!(rollout_at(3, done.clone()), Rollout::InProgress { .. }),
             "new generation not observed"
         );
         let surge = DeploymentStatus {
@@ -620,7 +649,7 @@ mod tests {
             ..done.clone()
         };
         assert!(
-            matches!(rollout(&deploy(2, surge)), Rollout::InProgress { .. }),
+            matches!(rollout_at(2, surge), Rollout::InProgress { .. }),
             "old replicas still running"
         );
         let unavailable = DeploymentStatus {
@@ -628,7 +657,7 @@ mod tests {
             ..done
         };
         assert_eq!(
-            rollout(&deploy(2, unavailable)),
+            rollout_at(2, unavailable),
             Rollout::InProgress {
                 message: "1 of 2 updated replicas available".into(),
                 available: 1
