@@ -34,10 +34,14 @@ export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS
 # BENCH=converge or BENCH=terraform runs one part only.
 if [[ ${BENCH:-all} != terraform ]]; then cargo bench --bench converge; fi
 if [[ ${BENCH:-all} != converge ]]; then cargo bench --bench terraform; fi
-# Who wrote what during the 1,000-Service stages (the API server's audit log).
+# Who wrote what during the 1,000-Service stages (the API server's audit
+# log): how many writes, when (seconds from the stage's first write: first,
+# median, last) and how long the API server took (median, p99).
 python3 - "$dir/clusters/$name/logs/audit.log" <<'PY'
-import collections, json, sys
-writes = collections.Counter()
+import collections, datetime, json, sys
+def at(s):
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+times, took, start = collections.defaultdict(list), collections.defaultdict(list), {}
 for line in open(sys.argv[1]):
     e = json.loads(line)
     ns = (e.get("objectRef") or {}).get("namespace", "")
@@ -48,8 +52,17 @@ for line in open(sys.argv[1]):
         agent = e.get("userAgent", "?").split("/")[0]
         ref = e["objectRef"]
         res = ref["resource"] + ("/" + ref["subresource"] if ref.get("subresource") else "")
-        writes[(ns, agent, res, e["verb"])] += 1
-print("API writes in the 1,000-Service stages, by namespace, client, resource and verb:")
-for (ns, agent, res, verb), n in sorted(writes.items()):
-    print(f"  {n:6d}  {ns:16s} {agent:28s} {res:24s} {verb}")
+        key = (ns, agent, res, e["verb"])
+        t = at(e["requestReceivedTimestamp"])
+        start[ns] = min(start.get(ns, t), t)
+        times[key].append(t)
+        took[key].append(at(e["stageTimestamp"]) - t)
+print("API writes in the 1,000-Service stages, by namespace, client, resource and verb;")
+print("when (s from the stage's first write: first / median / last) and API server time (ms: median / p99):")
+for key in sorted(times):
+    t = sorted(times[key]); d = sorted(took[key]); t0 = start[key[0]]
+    ns, agent, res, verb = key
+    print(f"  {len(t):6d}  {ns:16s} {agent:26s} {res:22s} {verb:7s}"
+          f" {t[0]-t0:5.1f} / {t[len(t)//2]-t0:5.1f} / {t[-1]-t0:5.1f} s"
+          f"  {d[len(d)//2]*1000:6.1f} / {d[int(len(d)*.99)]*1000:7.1f} ms")
 PY
