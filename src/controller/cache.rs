@@ -175,17 +175,22 @@ pub struct Router {
     pub environments: mpsc::UnboundedReceiver<ObjectRef<Guarded<Environment>>>,
     pub services: mpsc::UnboundedReceiver<ObjectRef<Guarded<Service>>>,
     pub connections: mpsc::UnboundedReceiver<ObjectRef<Guarded<Connection>>>,
+    pub templates: mpsc::UnboundedReceiver<ObjectRef<Guarded<ResourceTemplate>>>,
     /// Re-triggers a Service's reconcile (the Terraform engine uses it when
     /// a run ends).
     pub service_trigger: Trigger<Guarded<Service>>,
+    /// Every controller's trigger, for the periodic resync.
+    pub triggers: Senders,
 }
 
+/// Senders into each controller's `reconcile_on` stream.
 #[derive(Clone)]
-struct Senders {
-    projects: Trigger<Guarded<Project>>,
-    environments: Trigger<Guarded<Environment>>,
-    services: Trigger<Guarded<Service>>,
-    connections: Trigger<Guarded<Connection>>,
+pub struct Senders {
+    pub projects: Trigger<Guarded<Project>>,
+    pub environments: Trigger<Guarded<Environment>>,
+    pub services: Trigger<Guarded<Service>>,
+    pub connections: Trigger<Guarded<Connection>>,
+    pub templates: Trigger<Guarded<ResourceTemplate>>,
 }
 
 fn send<K: Resource<DynamicType = ()>>(
@@ -235,12 +240,15 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     let (e_tx, e_rx) = mpsc::unbounded_channel();
     let (s_tx, s_rx) = mpsc::unbounded_channel();
     let (c_tx, c_rx) = mpsc::unbounded_channel();
+    let (t_tx, t_rx) = mpsc::unbounded_channel();
     let tx = Senders {
         projects: p_tx,
         environments: e_tx,
         services: s_tx,
         connections: c_tx,
+        templates: t_tx,
     };
+    let triggers = tx.clone();
     let service_trigger = tx.services.clone();
     let caches = Caches {
         projects,
@@ -412,6 +420,8 @@ pub fn start(client: Client) -> (Caches, impl Future<Output = ()> + Send + 'stat
     };
 
     let router = Router {
+        templates: t_rx,
+        triggers,
         service_trigger,
         subscriptions,
         projects: p_rx,

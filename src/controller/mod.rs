@@ -28,7 +28,7 @@ use futures::StreamExt;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -184,8 +184,11 @@ impl Context {
     }
 
     /// The requeue for a settled object.
+    /// What a pass that finished its work returns: nothing until something
+    /// changes. The periodic resync ([`resync`]) comes from one task per
+    /// kind, not from a timer per object.
     pub fn resync(&self) -> Action {
-        Action::requeue(self.settings.resync)
+        Action::await_change()
     }
 }
 
@@ -328,6 +331,44 @@ fn error_policy<K: Resource<DynamicType = ()>>(
     Action::requeue(delay)
 }
 
+/// Sends every cached object of a kind to its controller once per `period`,
+/// evenly spread over it: the safety net for anything a watch missed.
+///
+/// One task per kind instead of a requeue timer per object: a timer holds
+/// a copy of the object's reference (name, namespace, resourceVersion, uid)
+/// twice in the controller's scheduler for as long as the object exists,
+/// about 1.4 KB per Service with its Connection. Spreading the round also
+/// avoids a burst of every object at once.
+async fn resync<K>(store: Store<K>, trigger: Trigger<K>, period: Duration)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    // Every object is reconciled at start anyway.
+    tokio::time::sleep(period).await;
+    loop {
+        let objects = store.state();
+        if objects.is_empty() {
+            tokio::time::sleep(period).await;
+            continue;
+        }
+        let step = period.div_f64(objects.len() as f64);
+        let mut tick = tokio::time::interval(step.max(Duration::from_micros(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for object in objects {
+            tick.tick().await;
+            let meta = object.meta();
+            let mut r = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+            if let Some(ns) = &meta.namespace {
+                r = r.within(ns);
+            }
+            if trigger.send(r).is_err() {
+                // The controller stopped.
+                return;
+            }
+        }
+    }
+}
+
 /// Runs every controller until `shutdown` resolves, then drains in-flight
 /// reconciles and returns.
 pub async fn run(
@@ -418,6 +459,7 @@ pub async fn run(
     let templates =
         Controller::for_shared_stream(router.subscriptions.templates, ctx.caches.templates.clone())
             .with_config(config)
+            .reconcile_on(UnboundedReceiverStream::new(router.templates))
             .graceful_shutdown_on(shutdown.clone())
             .run(
                 template::reconcile,
@@ -444,6 +486,35 @@ pub async fn run(
             }
         }
     };
+    let period = settings.resync;
+    let t = &router.triggers;
+    let resyncs = [
+        tokio::spawn(resync(
+            ctx.caches.projects.clone(),
+            t.projects.clone(),
+            period,
+        )),
+        tokio::spawn(resync(
+            ctx.caches.environments.clone(),
+            t.environments.clone(),
+            period,
+        )),
+        tokio::spawn(resync(
+            ctx.caches.services.clone(),
+            t.services.clone(),
+            period,
+        )),
+        tokio::spawn(resync(
+            ctx.caches.connections.clone(),
+            t.connections.clone(),
+            period,
+        )),
+        tokio::spawn(resync(
+            ctx.caches.templates.clone(),
+            t.templates.clone(),
+            period,
+        )),
+    ];
     futures::join!(
         projects,
         environments,
@@ -452,6 +523,9 @@ pub async fn run(
         templates,
         interrupt
     );
+    for task in resyncs {
+        task.abort();
+    }
     feeds_task.abort();
     info!("controllers stopped");
 }
