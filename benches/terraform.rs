@@ -97,7 +97,7 @@ fn template_service(ns: &str, name: &str, template: &str) -> Service {
         name,
         ServiceSpec {
             source: Source {
-                template: Some(TemplateSource {
+                template: Some(Box::new(TemplateSource {
                     name: template.into(),
                     inputs: Some(
                         serde_json::json!({"name": name})
@@ -106,7 +106,7 @@ fn template_service(ns: &str, name: &str, template: &str) -> Service {
                             .clone(),
                     ),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             },
             ..Default::default()

@@ -50,7 +50,7 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
             terraform: None,
             ..Default::default()
         },
-        tf: current.terraform.clone().unwrap_or_default(),
+        tf: current.terraform.as_deref().cloned().unwrap_or_default(),
         // Kept unless this pass learns otherwise (a drift check or an apply).
         drifted: drifted_message(&current),
     };
@@ -943,7 +943,7 @@ async fn finish(
         .await;
     }
     st.status.conditions = set.into_vec();
-    st.status.terraform = Some(st.tf);
+    st.status.terraform = Some(Box::new(st.tf));
     status::patch_status(ctx, svc, current, &st.status).await?;
     Ok(requeue.unwrap_or_else(|| ctx.resync()))
 }

@@ -59,13 +59,13 @@ pub struct ServiceSpec {
     pub args: Vec<String>,
     /// CPU and memory requests and limits (default requests: 50m CPU, 64Mi memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
     /// Health probe; by default a TCP check on the first port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
     /// External access through the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expose: Option<ExposeSpec>,
+    pub expose: Option<Box<ExposeSpec>>,
 }
 
 /// Exactly one of `image`, `git` or `template`.
@@ -81,10 +81,10 @@ pub struct Source {
     pub image: Option<String>,
     /// A git repository built into an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub git: Option<GitSource>,
+    pub git: Option<Box<GitSource>>,
     /// A ResourceTemplate instantiated with inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<TemplateSource>,
+    pub template: Option<Box<TemplateSource>>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -276,7 +276,7 @@ pub struct ServiceStatus {
     pub outputs_hash: Option<String>,
     /// Template Services: the Terraform engine's view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terraform: Option<TerraformStatus>,
+    pub terraform: Option<Box<TerraformStatus>>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -229,7 +229,13 @@ pub fn desired_deployment(svc: &Service, edges: &Edges) -> Result<Deployment, Sp
         args: non_empty(svc.spec.args.clone()),
         env: non_empty(env),
         ports: non_empty(ports),
-        resources: Some(svc.spec.resources.clone().unwrap_or_else(default_resources)),
+        resources: Some(
+            svc.spec
+                .resources
+                .as_deref()
+                .cloned()
+                .unwrap_or_else(default_resources),
+        ),
         readiness_probe: probe.clone(),
         liveness_probe: probe.map(|p| Probe {
             failure_threshold: Some(6),
@@ -511,10 +517,10 @@ mod tests {
     #[test]
     fn http_health_check_uses_its_path() {
         let mut s = api();
-        s.spec.health_check = Some(HealthCheck {
+        s.spec.health_check = Some(Box::new(HealthCheck {
             path: Some("/healthz".into()),
             port: None,
-        });
+        }));
         let d = desired_deployment(&s, &Edges::default()).unwrap();
         let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
         assert_eq!(
@@ -533,10 +539,10 @@ mod tests {
     #[test]
     fn unknown_health_check_port_is_a_spec_problem() {
         let mut s = api();
-        s.spec.health_check = Some(HealthCheck {
+        s.spec.health_check = Some(Box::new(HealthCheck {
             path: None,
             port: Some("admin".into()),
-        });
+        }));
         let err = desired_deployment(&s, &Edges::default()).unwrap_err();
         assert_eq!(err.reason_and_message().0, "InvalidSpec");
         assert!(err.reason_and_message().1.contains("spec.healthCheck.port"));
