@@ -27,7 +27,8 @@ export MAHLER_RESYNC_SECONDS=${MAHLER_RESYNC_SECONDS:-10}
 export MAHLER_TOFU=$tools/tofu MAHLER_TOFU_WORKDIR=$dir/tofu
 export MAHLER_PROVIDER_MIRROR
 MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
-MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port MAHLER_CONCURRENCY=${MAHLER_CONCURRENCY:-32} \
+# The operator's defaults (concurrency 16 per kind), unless MAHLER_* is set.
+MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port \
   target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS=http://127.0.0.1:$port/metrics
