@@ -152,38 +152,42 @@ fn up_to_date<K: Resource + Serialize>(desired: &K, observed: &Observed) -> Resu
 }
 
 /// A digest of an object's fields, equal for two objects exactly when
-/// [`first_difference`] finds no difference either way: map keys in any
-/// order, null and empty lists/maps the same as absent, quantities by value
-/// ("0.5" and "500m" alike).
+/// [`first_difference`] finds no difference either way, with one deliberate
+/// narrowing: quantities compare by value ("0.5" and "500m" alike) only
+/// under `requests` and `limits` (resource amounts, which the API server
+/// rewrites in canonical form), not in every string that happens to parse
+/// as a number (an env value, a label). Map keys in any order; null and
+/// empty lists and maps are the same as absent.
 pub fn fields_digest(value: &Value) -> u64 {
     let mut h = DefaultHasher::new();
-    hash_normalized(value, &mut h);
+    hash_normalized(value, false, &mut h);
     h.finish()
 }
 
-fn hash_normalized(value: &Value, h: &mut DefaultHasher) {
+fn hash_normalized(value: &Value, quantities: bool, h: &mut DefaultHasher) {
     match value {
         Value::Null => 0u8.hash(h),
         Value::Bool(b) => (1u8, b).hash(h),
-        Value::Number(n) => (2u8, n.as_f64().map(canonical_number)).hash(h),
-        Value::String(s) => match parse_quantity(s) {
-            Some(q) => (2u8, Some(canonical_number(q))).hash(h),
-            None => (3u8, s).hash(h),
+        Value::Number(n) => (2u8, n.to_string()).hash(h),
+        Value::String(s) => match parse_quantity(s).filter(|_| quantities) {
+            Some(q) => (3u8, canonical_number(q)).hash(h),
+            None => (4u8, s).hash(h),
         },
         Value::Array(items) => {
-            (4u8, items.len()).hash(h);
+            (5u8, items.len()).hash(h);
             for item in items {
-                hash_normalized(item, h);
+                hash_normalized(item, quantities, h);
             }
         }
         Value::Object(map) => {
             let mut keys: Vec<&String> =
                 map.keys().filter(|k| !is_empty(&map[k.as_str()])).collect();
             keys.sort();
-            (5u8, keys.len()).hash(h);
+            (6u8, keys.len()).hash(h);
             for k in keys {
                 k.hash(h);
-                hash_normalized(&map[k.as_str()], h);
+                let quantities = quantities || k == "requests" || k == "limits";
+                hash_normalized(&map[k.as_str()], quantities, h);
             }
         }
     }
@@ -287,6 +291,32 @@ fn quantities_equal(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn digests_ignore_key_order_and_empty_values_and_compare_resource_amounts_by_value() {
+        let a = json!({"spec": {"replicas": 1, "labels": {}, "containers": [
+            {"name": "a", "env": [], "resources": {"requests": {"cpu": "0.5", "memory": "64Mi"}}}]}});
+        let b = json!({"spec": {"containers": [
+            {"resources": {"requests": {"memory": "65536Ki", "cpu": "500m"}}, "name": "a"}], "replicas": 1}});
+        assert_eq!(fields_digest(&a), fields_digest(&b));
+        let c = json!({"spec": {"replicas": 2, "containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "500m", "memory": "64Mi"}}}]}});
+        assert_ne!(fields_digest(&a), fields_digest(&c));
+    }
+
+    #[test]
+    fn digests_compare_other_strings_as_written() {
+        let env = |v: &str| json!({"env": [{"name": "T", "value": v}]});
+        assert_ne!(
+            fields_digest(&env("1718000000123")),
+            fields_digest(&env("1718000000124"))
+        );
+        assert_ne!(fields_digest(&env("1000")), fields_digest(&env("1e3")));
+        assert_ne!(
+            fields_digest(&env("1")),
+            fields_digest(&json!({"env": [{"name": "T", "value": 1}]}))
+        );
+    }
 
     #[test]
     fn server_defaults_do_not_count_as_drift() {

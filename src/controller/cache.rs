@@ -466,8 +466,10 @@ where
 }
 
 /// Drives the watch of a child kind into its [`ChildStore`], calling `route`
-/// for every object touched (applied or deleted) after the store has been
-/// updated.
+/// for every object touched (applied or deleted) once the store shows the
+/// change: at once for a watch event, after the swap for a (re)list.
+/// (Children deleted while the watch was down leave the store at the swap
+/// without a route; the periodic resync reaches their owners.)
 fn feed_children<K>(
     api: Api<ChildObject<K>>,
     config: watcher::Config,
@@ -478,15 +480,21 @@ where
     K: ChildKind + Clone + Debug,
 {
     let kind = K::kind(&()).into_owned();
+    let mut listed = Vec::new();
     watcher(api, config).default_backoff().for_each(move |res| {
         match res {
             Ok(event) => {
                 writer.apply(&event);
-                match &event {
-                    watcher::Event::Apply(o)
-                    | watcher::Event::InitApply(o)
-                    | watcher::Event::Delete(o) => route(o),
-                    watcher::Event::Init | watcher::Event::InitDone => {}
+                match event {
+                    watcher::Event::Apply(o) | watcher::Event::Delete(o) => route(&o),
+                    watcher::Event::Init => listed.clear(),
+                    watcher::Event::InitApply(o) => listed.push(o),
+                    watcher::Event::InitDone => {
+                        // Taken, not drained: the list's memory goes too.
+                        for o in std::mem::take(&mut listed) {
+                            route(&o);
+                        }
+                    }
                 }
             }
             Err(error) => warn!(%kind, %error, "watch error; retrying with backoff"),

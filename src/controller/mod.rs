@@ -183,7 +183,6 @@ impl Context {
         }
     }
 
-    /// The requeue for a settled object.
     /// What a pass that finished its work returns: nothing until something
     /// changes. The periodic resync ([`resync`]) comes from one task per
     /// kind, not from a timer per object.
@@ -267,6 +266,10 @@ where
     }
     let name = meta.name.clone().unwrap_or_default();
     warn!(kind = %K::kind(&()), %name, error = %invalid.error, "object cannot be decoded");
+    // This status replaces whatever a reconcile wrote before.
+    if let Some(uid) = &meta.uid {
+        ctx.written.forget(uid);
+    }
     let health = Health::stalled(
         "InvalidObject",
         format!("the operator cannot read this object: {}", invalid.error),
@@ -346,21 +349,29 @@ where
     // Every object is reconciled at start anyway.
     tokio::time::sleep(period).await;
     loop {
-        let objects = store.state();
-        if objects.is_empty() {
+        // References, not the objects: holding them for a whole round would
+        // keep every version replaced meanwhile alive.
+        let refs: Vec<ObjectRef<K>> = store
+            .state()
+            .iter()
+            .map(|o| {
+                let meta = o.meta();
+                let r = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+                match &meta.namespace {
+                    Some(ns) => r.within(ns),
+                    None => r,
+                }
+            })
+            .collect();
+        if refs.is_empty() {
             tokio::time::sleep(period).await;
             continue;
         }
-        let step = period.div_f64(objects.len() as f64);
+        let step = period.div_f64(refs.len() as f64);
         let mut tick = tokio::time::interval(step.max(Duration::from_micros(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for object in objects {
+        for r in refs {
             tick.tick().await;
-            let meta = object.meta();
-            let mut r = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
-            if let Some(ns) = &meta.namespace {
-                r = r.within(ns);
-            }
             if trigger.send(r).is_err() {
                 // The controller stopped.
                 return;

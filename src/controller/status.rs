@@ -35,15 +35,19 @@ use crate::crd::{ConditionSet, Health};
 /// looked new: it was written again and its Ready transition announced with
 /// a second Event. At 1,000 new Services with Connections that was about a
 /// third of all status writes and Events. So a write is remembered until the
-/// cache shows it (or for [`Written::TTL`], in case the watch relisted past
-/// it), and [`Written::current`] answers with it meanwhile.
+/// cache shows it, and [`Written::current`] answers with it meanwhile. The
+/// watch normally delivers a write within milliseconds; an entry older than
+/// [`Written::TTL`] is dropped (the watch may have relisted past the write,
+/// or someone else wrote the status since): a status someone else wrote
+/// right after ours counts again from the object's first reconcile after
+/// that.
 #[derive(Default)]
 pub struct Written(Mutex<HashMap<String, (Instant, AnyStatus)>>);
 
 type AnyStatus = Box<dyn Any + Send + Sync>;
 
 impl Written {
-    const TTL: Duration = Duration::from_secs(60);
+    const TTL: Duration = Duration::from_secs(10);
 
     /// The status to compare a new one with: `cached`, unless this process
     /// wrote a different one since that the cache does not show yet.
@@ -75,12 +79,18 @@ impl Written {
             return;
         };
         let mut written = self.0.lock();
-        // Entries normally go at the next reconcile; this bounds the ones
-        // whose object was deleted before it.
+        // Entries normally go at the object's next reconcile; this clears
+        // the expired ones of objects that had none (deleted meanwhile).
         if written.len() >= 256 {
             written.retain(|_, (at, _)| at.elapsed() < Self::TTL);
         }
         written.insert(uid, (Instant::now(), Box::new(status)));
+    }
+
+    /// Forgets what was written to an object whose status is being written
+    /// by other means.
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().remove(uid);
     }
 }
 

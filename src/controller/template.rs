@@ -40,7 +40,7 @@ async fn pass(tpl: &ResourceTemplate, ctx: &Context) -> Result<Action, Error> {
         git_commit: current.and_then(|s| s.git_commit.clone()),
         ..Default::default()
     };
-    let health = match check(tpl, ctx, &mut status).await {
+    let health = match check(tpl, ctx, current, &mut status).await {
         Ok(()) => Health::ready(format!(
             "module valid; {} input schema; outputs: {}",
             if tpl.spec.inputs.is_some() {
@@ -62,9 +62,12 @@ async fn pass(tpl: &ResourceTemplate, ctx: &Context) -> Result<Action, Error> {
     Ok(ctx.resync())
 }
 
+/// Validates the template; `current` is its status as last known (the
+/// verdict for `status.validated_hash` stands until the module changes).
 async fn check(
     tpl: &ResourceTemplate,
     ctx: &Context,
+    current: Option<&ResourceTemplateStatus>,
     status: &mut ResourceTemplateStatus,
 ) -> Result<(), (&'static str, String)> {
     // The schema compiles (validated against empty inputs only to compile it).
@@ -112,9 +115,7 @@ async fn check(
     let hash = workspace::hex(&h.finalize())[..16].to_string();
     if status.validated_hash.as_deref() == Some(hash.as_str()) {
         // Checked already: the verdict stands until the module changes.
-        let previous = tpl
-            .status
-            .as_ref()
+        let previous = current
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
             .filter(|c| c.status == "False" && c.reason == "InvalidModule");
         return match previous {

@@ -40,7 +40,13 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = svc.name_any();
-    let current = svc.status.clone().unwrap_or_default();
+    // What this process wrote last, if the cache does not show it yet: the
+    // pass builds on it, and `finish` compares with the same.
+    let current = ctx
+        .written
+        .current(svc, svc.status.as_ref())
+        .map(|s| s.into_owned())
+        .unwrap_or_default();
     let mut st = Pass {
         status: ServiceStatus {
             observed_generation: svc.meta().generation,

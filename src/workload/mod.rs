@@ -196,7 +196,9 @@ fn container_env(svc: &Service, edges: &Edges) -> Result<Vec<KubeEnvVar>, SpecPr
         };
         env.push(KubeEnvVar {
             name: var.name.clone(),
-            value: var.value.clone(),
+            // The API server drops an empty value; sending one would look
+            // like drift on every pass.
+            value: var.value.clone().filter(|v| !v.is_empty()),
             value_from,
         });
     }
