@@ -86,13 +86,7 @@ where
     if observed.deleting {
         return Ok(());
     }
-    let api: Api<K> = K::Scope::api(ctx.client.clone(), Some(namespace));
-    ctx.metrics.wrote(&K::kind(&()), "delete");
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube(e)),
-    }
+    delete_named::<K>(ctx, Some(namespace), name).await
 }
 
 /// Deletes an object if it still exists in the cache. 404 counts as done.
@@ -104,12 +98,22 @@ where
     if observed.meta().deletion_timestamp.is_some() {
         return Ok(());
     }
-    let api: Api<K> = api_for(&ctx.client, observed);
+    delete_named::<K>(
+        ctx,
+        observed.meta().namespace.as_deref(),
+        &observed.name_any(),
+    )
+    .await
+}
+
+async fn delete_named<K>(ctx: &Context, namespace: Option<&str>, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+    K::Scope: ScopedApi,
+{
+    let api: Api<K> = K::Scope::api(ctx.client.clone(), namespace);
     ctx.metrics.wrote(&K::kind(&()), "delete");
-    match api
-        .delete(&observed.name_any(), &DeleteParams::background())
-        .await
-    {
+    match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(Error::Kube(e)),
@@ -198,11 +202,13 @@ fn canonical_number(x: f64) -> String {
     format!("{x:.11e}")
 }
 
-/// A whole object as JSON, for `apply`'s `observed`.
-pub fn whole<K: Serialize>(observed: &K) -> Option<Value> {
+/// A whole cached object (or its absence), for `apply`'s `observed`.
+pub fn whole<K: Serialize>(observed: Option<&K>) -> Observed {
     // Serialising a decoded Kubernetes object cannot fail; if it ever did,
-    // `None` only costs one apply.
-    serde_json::to_value(observed).ok()
+    // `Absent` only costs one apply.
+    observed
+        .and_then(|o| serde_json::to_value(o).ok())
+        .map_or(Observed::Absent, Observed::Whole)
 }
 
 /// Whether every field set in `desired` has the same value in `observed`.

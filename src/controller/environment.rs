@@ -71,10 +71,7 @@ async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
                 let mut wrote = apply::apply(
                     ctx,
                     desired_namespace(env),
-                    observed
-                        .as_deref()
-                        .and_then(apply::whole)
-                        .map_or(apply::Observed::Absent, apply::Observed::Whole),
+                    apply::whole(observed.as_deref()),
                 )
                 .await?;
                 let policy = ctx
