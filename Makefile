@@ -15,7 +15,7 @@ tools:
 	hack/tools.sh build
 
 crds:
-	$(CARGO) run --quiet --bin crdgen
+	$(CARGO) run --quiet -p mahler-api --bin crdgen
 
 cluster: tools
 	@hack/cluster.sh up mahler

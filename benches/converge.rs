@@ -20,7 +20,7 @@ use kube::runtime::wait::Condition;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use mahler::crd::{
+use mahler_api::{
     Connection, ConnectionSpec, Environment, EnvironmentSpec, Project, ProjectSpec, Service,
     ServicePort, ServiceSpec, Source,
 };
@@ -125,7 +125,7 @@ async fn latency(client: &Client, runs: usize) {
         mahler.push(started.elapsed());
 
         // The same Deployment, created directly: the cluster's own delay.
-        let mut d = mahler::workload::desired_deployment(
+        let mut d = mahler_core::workload::desired_deployment(
             &service(&ns, &format!("raw{i}")),
             &Default::default(),
         )
@@ -199,7 +199,7 @@ async fn raw_scale(client: &Client, n: usize) -> Duration {
     let unmanaged = |meta: &mut ObjectMeta| {
         meta.owner_references = None;
         if let Some(labels) = meta.labels.as_mut() {
-            labels.remove(mahler::MANAGED_BY.0);
+            labels.remove(mahler_api::names::MANAGED_BY.0);
         }
     };
     let started = Instant::now();
@@ -212,14 +212,14 @@ async fn raw_scale(client: &Client, n: usize) -> Duration {
                 (deployments.clone(), kube_services.clone(), policies.clone());
             let svc = service(&ns, &format!("s{i}"));
             async move {
-                let mut d = mahler::workload::desired_deployment(&svc, &Default::default())
+                let mut d = mahler_core::workload::desired_deployment(&svc, &Default::default())
                     .expect("deployment");
                 unmanaged(&mut d.metadata);
                 deployments
                     .create(&PostParams::default(), &d)
                     .await
                     .expect("create deployment");
-                let mut k = mahler::workload::desired_kube_service(&svc).expect("service");
+                let mut k = mahler_core::workload::desired_kube_service(&svc).expect("service");
                 unmanaged(&mut k.metadata);
                 kube_services
                     .create(&PostParams::default(), &k)
@@ -229,7 +229,7 @@ async fn raw_scale(client: &Client, n: usize) -> Duration {
                     let ns = svc.namespace().unwrap_or_default();
                     let to = service(&ns, &format!("s{}", i - 1));
                     let mut p =
-                        mahler::workload::desired_connection_policy(&connection(&ns, i), &to);
+                        mahler_core::workload::desired_connection_policy(&connection(&ns, i), &to);
                     unmanaged(&mut p.metadata);
                     policies
                         .create(&PostParams::default(), &p)

@@ -17,7 +17,7 @@ use futures::{StreamExt, stream};
 use kube::api::PostParams;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
-use mahler::crd::{
+use mahler_api::{
     Environment, EnvironmentSpec, Project, ProjectSpec, ResourceTemplate, Service, ServiceSpec,
     Source, TemplateSource,
 };
@@ -208,7 +208,7 @@ async fn main() {
 
     let mut template = ResourceTemplate::new("bench-secret", Default::default());
     template.spec.module.files = Some([("main.tf".to_string(), MODULE.to_string())].into());
-    template.spec.outputs = vec![mahler::crd::TemplateOutput {
+    template.spec.outputs = vec![mahler_api::TemplateOutput {
         name: "secret".into(),
         ..Default::default()
     }];

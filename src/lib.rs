@@ -1,24 +1,11 @@
-//! Mahler: a Kubernetes operator that turns Project, Environment, Service and
-//! Connection manifests into running, connected workloads.
+//! `mahler-operator`: the process around Mahler's controllers. Flags,
+//! logging, the HTTP endpoints, waiting for the CRDs, leader election, the
+//! Terraform engine's start-up, graceful shutdown ([`operator`]).
 //!
-//! The crate is laid out so one manifest can be followed end to end:
-//! - [`crd`]: what users write (types, schemas, CEL rules, conditions). No client calls.
-//! - [`environment`], [`workload`]: pure builders of the Kubernetes objects each
-//!   kind should produce. No client calls; unit-tested without a cluster.
-//! - [`controller`]: where the cluster is touched: one reconciler per kind plus the
-//!   single apply helper, status helper and the shared object caches.
-//! - [`terraform`]: the Terraform engine: workspaces, OpenTofu runs, state locks.
-//! - [`operator`]: process wiring: leader election, HTTP endpoints, shutdown.
+//! The parts live in `crates/` (see docs/architecture.md):
+//! `mahler-api` (what users write) ← `mahler-core` (pure logic) ←
+//! `mahler-engine` (OpenTofu) ← `mahler-controller` (the reconcilers) ←
+//! this package; `mahler-client` serves the CLI, the REST server and the
+//! Terraform provider, which never compile the engine or the reconcilers.
 
-pub mod controller;
-pub mod crd;
-pub mod environment;
-pub mod metrics;
 pub mod operator;
-pub mod terraform;
-pub mod workload;
-
-/// The label every object Mahler creates carries (`app.kubernetes.io/managed-by`).
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "mahler");
-/// Server-side apply field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = "mahler-operator";

@@ -13,15 +13,15 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
-use kube::api::ListParams;
-use kube::{Api, Client, CustomResourceExt};
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::controller::{self, Settings};
-use crate::crd::{Connection, Environment, Project, ResourceTemplate, Service};
-use crate::metrics::Metrics;
+use mahler_controller::metrics::Metrics;
+use mahler_controller::{self as controller, Settings};
+use mahler_engine::{Engine, EngineConfig};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -140,26 +140,29 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         concurrency: args.concurrency.max(1),
         drift_check_interval: Some(
-            crate::terraform::parse_duration(&args.drift_check_interval).ok_or_else(|| {
-                format!(
-                    "MAHLER_DRIFT_CHECK_INTERVAL: {:?} is not a duration like 30m or 1h",
-                    args.drift_check_interval
-                )
-            })?,
+            mahler_core::terraform::parse_duration(&args.drift_check_interval).ok_or_else(
+                || {
+                    format!(
+                        "MAHLER_DRIFT_CHECK_INTERVAL: {:?} is not a duration like 30m or 1h",
+                        args.drift_check_interval
+                    )
+                },
+            )?,
         ),
-        engine: (!args.terraform_disabled).then(|| crate::terraform::EngineConfig {
-            tofu: args.tofu.clone(),
-            provider_mirror: args.provider_mirror.clone(),
-            workdir: args.tofu_workdir.clone(),
-            parallel: args.tofu_parallelism.max(1),
-            timeout: Duration::from_secs(args.tofu_timeout_seconds.max(10)),
-            kubeconfig: std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from),
-        }),
     };
+    let engine = start_engine(&args, &client, &metrics).await;
 
     if !args.leader_elect {
         metrics.leader.set(1);
-        controller::run(client, metrics, settings, identity, until_true(shutdown_rx)).await;
+        controller::run(
+            client,
+            metrics,
+            settings,
+            identity,
+            engine,
+            until_true(shutdown_rx),
+        )
+        .await;
         return Ok(());
     }
 
@@ -168,7 +171,7 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         .with_identity(&identity)
         .with_duration(args.lease_seconds.max(2))
         .with_grace((args.lease_seconds / 3).max(1))
-        .with_field_manager(crate::FIELD_MANAGER)
+        .with_field_manager(mahler_api::names::FIELD_MANAGER)
         .build()
         .await
         .map_err(|e| {
@@ -202,7 +205,7 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
             }
         }
     };
-    controller::run(client, metrics.clone(), settings, identity, stop).await;
+    controller::run(client, metrics.clone(), settings, identity, engine, stop).await;
     metrics.leader.set(0);
     drop(leader); // the lease task releases the Lease when its channel closes
     if let Ok(Err(error)) = lease_task.await {
@@ -232,53 +235,53 @@ async fn wait_for_crds(client: &Client, mut shutdown: watch::Receiver<bool>) -> 
     }
 }
 
+/// The CRDs of every kind the controllers reconcile that the API server
+/// does not serve.
 async fn missing_crds(client: &Client) -> Result<Vec<String>, kube::Error> {
     let mut missing = Vec::new();
     let probe = ListParams::default().limit(1);
-    for (name, result) in [
-        (
-            Project::crd_name(),
-            Api::<Project>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(|_| ()),
-        ),
-        (
-            Environment::crd_name(),
-            Api::<Environment>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(|_| ()),
-        ),
-        (
-            Service::crd_name(),
-            Api::<Service>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(|_| ()),
-        ),
-        (
-            Connection::crd_name(),
-            Api::<Connection>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(|_| ()),
-        ),
-        (
-            ResourceTemplate::crd_name(),
-            Api::<ResourceTemplate>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(|_| ()),
-        ),
-    ] {
-        match result {
-            Ok(()) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => missing.push(name.to_string()),
+    for resource in controller::kinds::resources() {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list_metadata(&probe).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => missing.push(crd_name(&resource)),
             Err(e) => return Err(e),
         }
     }
     Ok(missing)
+}
+
+fn crd_name(resource: &ApiResource) -> String {
+    format!("{}.{}", resource.plural, resource.group)
+}
+
+/// The Terraform engine, or why template Services cannot run.
+async fn start_engine(
+    args: &Args,
+    client: &Client,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<Engine>, String> {
+    if args.terraform_disabled {
+        let why = "the operator was started without the Terraform engine (set MAHLER_TOFU and MAHLER_PROVIDER_MIRROR)";
+        warn!(error = why, "template Services are disabled");
+        return Err(why.to_string());
+    }
+    let cfg = EngineConfig {
+        tofu: args.tofu.clone(),
+        provider_mirror: args.provider_mirror.clone(),
+        workdir: args.tofu_workdir.clone(),
+        parallel: args.tofu_parallelism.max(1),
+        timeout: Duration::from_secs(args.tofu_timeout_seconds.max(10)),
+        kubeconfig: std::env::var_os("KUBECONFIG").map(std::path::PathBuf::from),
+    };
+    let observer: Arc<dyn mahler_engine::RunObserver> = metrics.clone();
+    match Engine::new(cfg, controller::engine_cluster(client.clone()), observer).await {
+        Ok(engine) => Ok(Arc::new(engine)),
+        Err(error) => {
+            warn!(%error, "template Services are disabled");
+            Err(error.to_string())
+        }
+    }
 }
 
 async fn serve_metrics(State(h): State<Health>) -> impl IntoResponse {

@@ -4,11 +4,11 @@
 #[test]
 fn committed_crds_are_up_to_date() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for crd in mahler::crd::all() {
-        let file = dir.join(mahler::crd::file_name(&crd));
+    for crd in mahler_api::all() {
+        let file = dir.join(mahler_api::file_name(&crd));
         let committed = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(
-            committed == mahler::crd::to_yaml(&crd),
+            committed == mahler_api::to_yaml(&crd),
             "{} is stale: run `make crds` and commit the result",
             file.display()
         );
@@ -17,7 +17,7 @@ fn committed_crds_are_up_to_date() {
 
 #[test]
 fn every_kind_has_the_mahler_category_short_name_and_status() {
-    for crd in mahler::crd::all() {
+    for crd in mahler_api::all() {
         let names = &crd.spec.names;
         assert_eq!(
             names.categories.as_deref(),

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mahler::crd::ResourceTemplate;
-use mahler::terraform::workspace;
+use mahler_api::ResourceTemplate;
+use mahler_core::terraform::workspace;
 
 fn templates(dir: &str) -> Vec<(PathBuf, ResourceTemplate)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);

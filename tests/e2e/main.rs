@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::ListParams;
 use kube::runtime::wait::Condition as _;
 use kube::{Api, Client, ResourceExt};
-use mahler::crd::{Connection, Environment, Project, Service};
+use mahler_api::{Connection, Environment, Project, Service};
 
 fn svc_conditions(s: &Service) -> Option<&Vec<Condition>> {
     s.status.as_ref().map(|st| &st.conditions)

@@ -10,7 +10,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
-use mahler::crd::{ResourceTemplate, Service};
+use mahler_api::{ResourceTemplate, Service};
 
 use crate::harness::{env, exclusive, has_reason, is_ready, shared, wait_deleted, wait_for};
 use crate::{project_with_env, svc_conditions};

@@ -1,0 +1,120 @@
+//! Environment reconciler: its namespace and default-deny policy, once its
+//! Project exists; on deletion, deletes the namespace and waits for it.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+
+use super::{Context, Error, apply, finalizer, status};
+use mahler_api::{Environment, EnvironmentStatus, Health};
+use mahler_core::environment::{
+    DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace,
+};
+
+#[tracing::instrument(skip_all, fields(environment = %env.name_any()))]
+pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
+    let ns_name = env.namespace_name();
+    let namespace = ctx
+        .caches
+        .namespaces
+        .get(&ObjectRef::new(&ns_name))
+        .filter(|ns| owns_namespace(env, ns));
+
+    if env.meta().deletion_timestamp.is_some() {
+        let Some(namespace) = namespace else {
+            finalizer::remove(ctx, env).await?;
+            return Ok(Action::await_change());
+        };
+        apply::delete(ctx, namespace.as_ref()).await?;
+        let health = Health::progressing(
+            "Deleting",
+            format!("waiting for namespace {ns_name} and everything in it to be deleted"),
+        );
+        write_status(ctx, env, &health, Some(ns_name)).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+
+    finalizer::ensure(ctx, env).await?;
+    let project = &env.spec.project;
+    let health = match ctx.caches.project(project) {
+        None => Health::stalled(
+            "ProjectNotFound",
+            format!("spec.project: Project {project} does not exist"),
+        ),
+        Some(p) if p.meta().deletion_timestamp.is_some() => Health::progressing(
+            "ProjectDeleting",
+            format!("Project {project} is being deleted"),
+        ),
+        Some(_) => match namespace {
+            None if foreign_namespace_exists(ctx, env, &ns_name).await? => Health::stalled(
+                "NamespaceConflict",
+                format!(
+                    "namespace {ns_name} already exists and does not belong to this environment; delete it or rename the environment"
+                ),
+            ),
+            observed => {
+                let mut wrote = apply::apply(
+                    ctx,
+                    desired_namespace(env),
+                    apply::whole(observed.as_deref()),
+                )
+                .await?;
+                let policy = ctx
+                    .caches
+                    .network_policies
+                    .get(&ns_name, DEFAULT_DENY_POLICY);
+                wrote |= apply::apply(ctx, desired_default_deny(env), policy.into()).await?;
+                let active = observed
+                    .as_ref()
+                    .and_then(|ns| ns.status.as_ref())
+                    .and_then(|s| s.phase.as_deref())
+                    == Some("Active");
+                if active && !wrote {
+                    Health::ready(format!("namespace {ns_name} is active"))
+                } else {
+                    Health::progressing(
+                        "NamespacePending",
+                        format!("waiting for namespace {ns_name} to become active"),
+                    )
+                }
+            }
+        },
+    };
+    let namespace = health.is_ready().then_some(ns_name);
+    write_status(ctx, env, &health, namespace).await?;
+    Ok(ctx.resync())
+}
+
+/// Whether a namespace of that name exists that is not ours. Only asked when
+/// the cache (Mahler-labelled namespaces) has none, i.e. before creation.
+async fn foreign_namespace_exists(
+    ctx: &Context,
+    env: &Environment,
+    name: &str,
+) -> Result<bool, Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    match api.get_opt(name).await.map_err(Error::Kube)? {
+        Some(ns) => Ok(!owns_namespace(env, &ns)),
+        None => Ok(false),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    env: &Environment,
+    health: &Health,
+    namespace: Option<String>,
+) -> Result<(), Error> {
+    let current = ctx.written.current(env, env.status.as_ref());
+    let current = current.as_deref();
+    let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let status = EnvironmentStatus {
+        observed_generation: env.meta().generation,
+        conditions: status::conditions(ctx, env, existing, health).await,
+        namespace,
+    };
+    status::patch_status(ctx, env, current, &status).await
+}

@@ -1,0 +1,331 @@
+//! The kinds Mahler reconciles, registered once each: a kind's watch, cache,
+//! routing, controller, periodic resync and CRD check all come from its
+//! [`Kind`] impl and its line in [`register`].
+//!
+//! Adding a kind: implement [`Kind`] for it below (its routing in
+//! [`crate::routes`], its pass in its own module) and add it to [`register`].
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use kube::api::ApiResource;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use mahler_api::{Connection, Environment, Project, ResourceTemplate, Service};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::cache::{self, CachesBuilder, Guarded};
+use super::routes::{self, View, Wake};
+use super::{Context, Error, ScopedApi, Trigger};
+
+/// A Mahler kind the operator reconciles.
+pub trait Kind:
+    Resource<DynamicType = (), Scope: ScopedApi>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Which objects a change to one of these wakes ([`crate::routes`]).
+    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake));
+    /// One reconcile pass of a decoded object.
+    fn pass<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a;
+}
+
+/// Every kind, in start-up order.
+fn register(r: &mut Registry) {
+    r.add::<Project>();
+    r.add::<Environment>();
+    r.add::<Service>();
+    r.add::<Connection>();
+    r.add::<ResourceTemplate>();
+}
+
+impl Kind for Project {
+    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
+        routes::project_changed(obj, view, wake)
+    }
+    fn pass<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
+        super::project::pass(self, ctx)
+    }
+}
+
+impl Kind for Environment {
+    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
+        routes::environment_changed(obj, view, wake)
+    }
+    fn pass<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
+        super::environment::pass(self, ctx)
+    }
+}
+
+impl Kind for Service {
+    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
+        routes::service_changed(obj, view, wake)
+    }
+    fn pass<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
+        super::service::pass(self, ctx)
+    }
+}
+
+impl Kind for Connection {
+    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
+        routes::connection_changed(obj, view, wake)
+    }
+    fn pass<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
+        super::connection::pass(self, ctx)
+    }
+}
+
+impl Kind for ResourceTemplate {
+    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
+        routes::template_changed(obj, view, wake)
+    }
+    fn pass<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
+        super::template::pass(self, ctx)
+    }
+}
+
+/// The API resources of every kind: what the operator waits for at start-up.
+pub fn resources() -> Vec<ApiResource> {
+    Registry::new().resources
+}
+
+type Shutdown = Shared<BoxFuture<'static, ()>>;
+type Start = Box<dyn FnOnce(Running) -> BoxFuture<'static, ()> + Send>;
+type Run =
+    Box<dyn FnOnce(Arc<Context>, ControllerConfig, Shutdown) -> BoxFuture<'static, ()> + Send>;
+/// Sends a reconcile request for (namespace, name) to one kind's controller.
+type Sender = Box<dyn Fn(Option<&str>, &str) + Send + Sync>;
+
+/// What a kind's tasks get once the caches exist.
+#[derive(Clone)]
+struct Running {
+    client: Client,
+    caches: cache::Caches,
+    triggers: Triggers,
+}
+
+/// Every kind's store, channel and tasks, built by [`register`].
+pub struct Registry {
+    caches: CachesBuilder,
+    resources: Vec<ApiResource>,
+    senders: HashMap<&'static str, Sender>,
+    typed: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    /// Feeds a kind's watch into its store (started at once).
+    feeds: Vec<Start>,
+    /// Runs a kind's controller, its resync beside it (started once the caches are ready).
+    controllers: Vec<Run>,
+}
+
+/// Sends reconcile requests to any registered kind's controller.
+#[derive(Clone)]
+pub struct Triggers {
+    by_kind: Arc<HashMap<&'static str, Sender>>,
+    typed: Arc<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+}
+
+impl Triggers {
+    /// Routes one wake to its kind's controller.
+    pub fn wake(&self, w: Wake) {
+        if let Some(send) = self.by_kind.get(w.kind) {
+            send(w.namespace.as_deref(), &w.name);
+        }
+    }
+
+    /// The trigger of kind `K` (the engine re-triggers Services with it).
+    pub fn of<K: Kind>(&self) -> Trigger<Guarded<K>> {
+        self.typed
+            .get(&TypeId::of::<K>())
+            .and_then(|t| t.downcast_ref::<Trigger<Guarded<K>>>())
+            .cloned()
+            .unwrap_or_else(|| panic!("{} is not a registered kind", K::kind(&())))
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let mut r = Registry {
+            caches: CachesBuilder::default(),
+            resources: Vec::new(),
+            senders: HashMap::new(),
+            typed: HashMap::new(),
+            feeds: Vec::new(),
+            controllers: Vec::new(),
+        };
+        register(&mut r);
+        r
+    }
+
+    fn add<K: Kind>(&mut self) {
+        const BUFFER: usize = 1024;
+        let (store, writer) = reflector::store_shared::<Guarded<K>>(BUFFER);
+        let subscription = writer.subscribe().expect("a shared store");
+        let (tx, rx) = mpsc::unbounded_channel::<ObjectRef<Guarded<K>>>();
+        self.caches.add::<K>(store.clone());
+        self.resources.push(ApiResource::erase::<K>(&()));
+        let sender = tx.clone();
+        self.senders.insert(
+            routes::kind_name::<K>(),
+            Box::new(move |namespace, name| {
+                let r = ObjectRef::<Guarded<K>>::new(name);
+                // A closed channel means the controller stopped (shutdown).
+                let _ = sender.send(match namespace {
+                    Some(ns) => r.within(ns),
+                    None => r,
+                });
+            }),
+        );
+        self.typed.insert(TypeId::of::<K>(), Box::new(tx.clone()));
+        self.feeds.push(Box::new(move |running: Running| {
+            let Running {
+                client,
+                caches,
+                triggers,
+            } = running;
+            Box::pin(cache::feed(
+                Api::<Guarded<K>>::all(client),
+                watcher::Config::default(),
+                writer,
+                move |obj: &Guarded<K>| K::wakes(obj, &caches, &mut |w| triggers.wake(w)),
+            ))
+        }));
+        self.controllers
+            .push(Box::new(move |ctx: Arc<Context>, config, shutdown| {
+                let period = ctx.settings.resync;
+                let resync = tokio::spawn(resync(store.clone(), tx, period));
+                Box::pin(async move {
+                    Controller::for_shared_stream(subscription, store)
+                        .with_config(config)
+                        .reconcile_on(UnboundedReceiverStream::new(rx))
+                        .graceful_shutdown_on(shutdown)
+                        .run(super::reconcile::<K>, super::error_policy::<K>, ctx)
+                        .for_each(|_| futures::future::ready(()))
+                        .await;
+                    resync.abort();
+                })
+            }));
+    }
+
+    /// The caches, the triggers, and one future driving every watch (spawn it).
+    pub fn start(
+        &mut self,
+        client: Client,
+    ) -> (
+        cache::Caches,
+        Triggers,
+        impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (caches, children) = std::mem::take(&mut self.caches).build();
+        let triggers = Triggers {
+            by_kind: Arc::new(std::mem::take(&mut self.senders)),
+            typed: Arc::new(std::mem::take(&mut self.typed)),
+        };
+        let running = Running {
+            client: client.clone(),
+            caches: caches.clone(),
+            triggers: triggers.clone(),
+        };
+        let mut feeds: Vec<BoxFuture<'static, ()>> = std::mem::take(&mut self.feeds)
+            .into_iter()
+            .map(|start| start(running.clone()))
+            .collect();
+        let t = triggers.clone();
+        feeds.push(Box::pin(
+            caches.feed_children(client, children, move |w| t.wake(w)),
+        ));
+        let all = async move {
+            futures::future::join_all(feeds).await;
+        };
+        (caches, triggers, all)
+    }
+
+    /// Runs every kind's controller until `shutdown`, then drains.
+    pub async fn run(&mut self, ctx: Arc<Context>, config: ControllerConfig, shutdown: Shutdown) {
+        let controllers = std::mem::take(&mut self.controllers)
+            .into_iter()
+            .map(|run| run(ctx.clone(), config.clone(), shutdown.clone()));
+        futures::future::join_all(controllers).await;
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sends every cached object of a kind to its controller once per `period`,
+/// evenly spread over it: the safety net for anything a watch missed.
+///
+/// One task per kind instead of a requeue timer per object: a timer holds
+/// a copy of the object's reference (name, namespace, resourceVersion, uid)
+/// twice in the controller's scheduler for as long as the object exists,
+/// about 1.4 KB per Service with its Connection. Spreading the round also
+/// avoids a burst of every object at once.
+async fn resync<K>(store: Store<K>, trigger: Trigger<K>, period: Duration)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    // Every object is reconciled at start anyway.
+    tokio::time::sleep(period).await;
+    loop {
+        // References, not the objects: holding them for a whole round would
+        // keep every version replaced meanwhile alive.
+        let refs: Vec<ObjectRef<K>> = store
+            .state()
+            .iter()
+            .map(|o| {
+                let meta = o.meta();
+                let r = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+                match &meta.namespace {
+                    Some(ns) => r.within(ns),
+                    None => r,
+                }
+            })
+            .collect();
+        if refs.is_empty() {
+            tokio::time::sleep(period).await;
+            continue;
+        }
+        let step = period.div_f64(refs.len() as f64);
+        let mut tick = tokio::time::interval(step.max(Duration::from_micros(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for r in refs {
+            tick.tick().await;
+            if trigger.send(r).is_err() {
+                // The controller stopped.
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! Where the cluster is touched: the shared caches, one reconciler per kind
+//! (observe → decide → apply → status), and the single apply, status and
+//! Event paths.
+//!
+//! - [`kinds`]: every Mahler kind, registered once: its watch, cache,
+//!   routing ([`routes`], pure), controller, resync and CRD check.
+//! - [`cache`], [`child`]: what reconcilers read (no GETs on the hot path).
+//! - `project`, `environment`, `service`, `connection`, `template`,
+//!   [`template_service`]: one pass per kind; the pure builders and
+//!   decisions they call live in `mahler-core`.
+//! - [`apply`], [`status`], [`finalizer`]: the only ways to write children,
+//!   status and Events, and finalizers; a pass with nothing to do sends no
+//!   request to the API server.
+//!
+//! Must not: build CRD types' schemas (`mahler-api`), decide what objects
+//! should look like (`mahler-core`), or run processes (`mahler-engine`).
+
+pub mod apply;
+pub mod cache;
+mod child;
+mod connection;
+mod environment;
+pub mod finalizer;
+pub mod kinds;
+pub mod metrics;
+mod project;
+pub mod routes;
+mod service;
+pub mod status;
+mod template;
+pub mod template_service;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backoff::backoff::Backoff;
+use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use kube::api::{Api, ApiResource};
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+pub use cache::{Caches, Guarded};
+pub use child::{Child, ChildKind, ChildStore};
+pub use kinds::Kind;
+pub use template_service::StateAccess;
+
+use mahler_api::{ConditionSet, Health, Service};
+use mahler_engine::Engine;
+use metrics::Metrics;
+
+/// Everything a reconcile pass can see: the client, the caches, settings.
+pub struct Context {
+    pub client: Client,
+    reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+    pub caches: Caches,
+    pub settings: Settings,
+    /// Runs OpenTofu for template Services, or why it cannot.
+    pub engine: Result<Arc<Engine>, String>,
+    /// State Secret and lock Lease access of template Services.
+    state: StateAccess,
+    /// Re-triggers a Service's reconcile.
+    pub service_trigger: Trigger<Guarded<Service>>,
+    /// Per object: the backoff of its failing passes, and the last error
+    /// reported on it (reported again only when it changes).
+    failing: Mutex<HashMap<String, (ExponentialBackoff, String)>>,
+    reported_invalid: Mutex<HashSet<String>>,
+    /// Status writes the cache does not show yet.
+    pub written: status::Written,
+}
+
+/// Operator settings the reconcilers use.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// DNS suffix of in-cluster Service names.
+    pub cluster_domain: String,
+    /// How often a settled object is reconciled again to catch drift.
+    pub resync: Duration,
+    /// Reconciles run in parallel per kind.
+    pub concurrency: u16,
+    /// Default drift-check interval of template Services (None: 1h).
+    pub drift_check_interval: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_domain: "cluster.local".into(),
+            resync: Duration::from_secs(600),
+            concurrency: 16,
+            drift_check_interval: None,
+        }
+    }
+}
+
+/// Errors a reconcile pass returns. Problems in what the user wrote are not
+/// errors: they become conditions and Events and the pass succeeds. An
+/// error is retried with backoff, counted by [`Error::category`] in
+/// `/metrics`, and reported on the object as a Warning Event.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API")]
+    Kube(#[source] kube::Error),
+    #[error("serialising an object")]
+    Serialize(#[source] serde_json::Error),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// Low-cardinality category: the `reason` label of the errors metric,
+    /// and (CamelCase) the reason of the Warning Event.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(e)) if e.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(e)) if e.code == 422 => "invalid",
+            Error::Kube(kube::Error::Api(e)) if e.code == 404 => "not_found",
+            Error::Kube(_) => "kube_api",
+            Error::Serialize(_) => "serialize",
+            Error::MissingField(_) => "missing_field",
+        }
+    }
+
+    /// The Event reason for [`Error::category`].
+    pub fn event_reason(&self) -> &'static str {
+        match self.category() {
+            "conflict" => "ReconcileConflict",
+            "forbidden" => "ReconcileForbidden",
+            "invalid" => "ReconcileInvalid",
+            "not_found" => "ReconcileNotFound",
+            "kube_api" => "ReconcileApiError",
+            "serialize" => "ReconcileSerializeError",
+            _ => "ReconcileError",
+        }
+    }
+
+    /// The message with its whole source chain, `: `-joined.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+        settings: Settings,
+        instance: String,
+        engine: Result<Arc<Engine>, String>,
+        service_trigger: Trigger<Guarded<Service>>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "mahler-operator".into(),
+            instance: Some(instance),
+        };
+        Context {
+            reporter,
+            state: StateAccess::new(client.clone()),
+            client,
+            metrics,
+            caches,
+            settings,
+            engine,
+            service_trigger,
+            failing: Mutex::default(),
+            reported_invalid: Mutex::default(),
+            written: status::Written::default(),
+        }
+    }
+
+    /// Requeue delay after a failed pass: exponential per object, 1 s to 5
+    /// min; and whether `message` is news for this object (not the error
+    /// its last failed pass reported).
+    fn failed(&self, key: String, message: &str) -> (Duration, bool) {
+        let mut failing = self.failing.lock();
+        let (backoff, last) = failing.entry(key).or_insert_with(|| {
+            let backoff = ExponentialBackoffBuilder::new()
+                .with_initial_interval(Duration::from_secs(1))
+                .with_max_interval(Duration::from_secs(300))
+                .with_max_elapsed_time(None)
+                .build();
+            (backoff, String::new())
+        });
+        let news = last != message;
+        if news {
+            *last = message.to_string();
+        }
+        (
+            backoff.next_backoff().unwrap_or(Duration::from_secs(300)),
+            news,
+        )
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut failing = self.failing.lock();
+        if !failing.is_empty() {
+            failing.remove(key);
+        }
+    }
+
+    /// What a pass that finished its work returns: nothing until something
+    /// changes. The periodic resync comes from one task per kind
+    /// ([`kinds`]), not from a timer per object.
+    pub fn resync(&self) -> Action {
+        Action::await_change()
+    }
+}
+
+/// Builds the right `Api` for an object of either scope.
+pub trait ScopedApi {
+    fn api<K>(client: Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = Self, DynamicType = ()>;
+}
+
+impl ScopedApi for NamespaceResourceScope {
+    fn api<K>(client: Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = Self, DynamicType = ()>,
+    {
+        Api::namespaced(client, namespace.unwrap_or_default())
+    }
+}
+
+impl ScopedApi for ClusterResourceScope {
+    fn api<K>(client: Client, _: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = Self, DynamicType = ()>,
+    {
+        Api::all(client)
+    }
+}
+
+/// The `Api` that reads and writes `obj`.
+pub fn api_for<K>(client: &Client, obj: &K) -> Api<K>
+where
+    K: Resource<DynamicType = ()>,
+    K::Scope: ScopedApi,
+{
+    K::Scope::api(client.clone(), obj.meta().namespace.as_deref())
+}
+
+/// Sends reconcile requests for objects related to a change (see `cache.rs`).
+pub type Trigger<K> = mpsc::UnboundedSender<ObjectRef<K>>;
+/// The engine's window on Kubernetes (state Secrets and lock Leases), for
+/// [`Engine::new`].
+pub fn engine_cluster(client: Client) -> Arc<dyn mahler_engine::Cluster> {
+    Arc::new(StateAccess::new(client))
+}
+
+/// One reconcile of any kind: decode, run its pass, count it.
+async fn reconcile<K: Kind>(guard: Arc<Guarded<K>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let obj = match decoded(&ctx, &guard).await {
+        Ok(obj) => obj,
+        Err(action) => return Ok(action),
+    };
+    let kind = K::kind(&());
+    let started = Instant::now();
+    let result = obj.pass(&ctx).await;
+    ctx.metrics
+        .reconciled(&kind, started.elapsed(), result.is_ok());
+    if result.is_ok() {
+        ctx.succeeded(&key_of(&kind, obj));
+    }
+    result
+}
+
+/// The decoded object behind a cache entry, or the pass that reports why it
+/// could not be decoded: a Stalled condition and a Warning Event, once per
+/// resourceVersion, then nothing until the object changes (no hot loop).
+async fn decoded<'a, K>(ctx: &Context, guard: &'a Guarded<K>) -> Result<&'a K, Action>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let invalid = match &guard.0 {
+        Ok(obj) => return Ok(obj),
+        Err(invalid) => invalid,
+    };
+    let meta = &invalid.metadata;
+    let key = format!(
+        "{}/{}",
+        meta.uid.as_deref().unwrap_or_default(),
+        meta.resource_version.as_deref().unwrap_or_default()
+    );
+    if !ctx.reported_invalid.lock().insert(key) {
+        return Err(Action::await_change());
+    }
+    let name = meta.name.clone().unwrap_or_default();
+    warn!(kind = %K::kind(&()), %name, error = %invalid.error, "object cannot be decoded");
+    // This status replaces whatever a reconcile wrote before.
+    if let Some(uid) = &meta.uid {
+        ctx.written.forget(uid);
+    }
+    let health = Health::stalled(
+        "InvalidObject",
+        format!("the operator cannot read this object: {}", invalid.error),
+    );
+    let mut conditions = ConditionSet::default();
+    conditions.apply(&health, meta.generation);
+    let resource = ApiResource::erase::<K>(&());
+    let status = serde_json::json!({"conditions": conditions.into_vec()});
+    if let Err(error) =
+        status::apply_status(ctx, &resource, meta.namespace.as_deref(), &name, &status).await
+    {
+        warn!(error = %error.chain(), %name, "could not report an undecodable object");
+    }
+    let reference = reference_of::<K>(meta);
+    status::event_on(
+        ctx,
+        &reference,
+        true,
+        "Decode",
+        "InvalidObject",
+        health.message(),
+    )
+    .await;
+    Err(Action::await_change())
+}
+
+fn reference_of<K: Resource<DynamicType = ()>>(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    }
+}
+
+fn key_of<K: Resource<DynamicType = ()>>(kind: &str, obj: &K) -> String {
+    format!(
+        "{kind}/{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A failed pass: counted by category, retried with backoff, and reported
+/// on the object as a Warning Event (once per distinct error until a pass
+/// succeeds). Conflicts are routine under optimistic concurrency and are
+/// retried at once by the backoff: counted and logged, not reported.
+fn error_policy<K: Kind>(guard: Arc<Guarded<K>>, error: &Error, ctx: Arc<Context>) -> Action {
+    let kind = K::kind(&());
+    let meta = guard.meta();
+    let message = error.chain();
+    ctx.metrics.failed(&kind, error.category());
+    let (delay, news) = ctx.failed(key_of(&kind, guard.as_ref()), &message);
+    warn!(%kind, name = meta.name.as_deref().unwrap_or_default(), namespace = meta.namespace.as_deref().unwrap_or_default(), error = %message, category = error.category(), retry_in = ?delay, "reconcile failed");
+    if news && error.category() != "conflict" {
+        let reference = reference_of::<K>(meta);
+        let reason = error.event_reason();
+        let note = format!("{message} (retrying in {}s)", delay.as_secs());
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            status::event_on(&ctx, &reference, true, "Reconcile", reason, &note).await;
+        });
+    }
+    Action::requeue(delay)
+}
+
+/// Runs every controller until `shutdown` resolves, then drains in-flight
+/// reconciles and returns.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    instance: String,
+    engine: Result<Arc<Engine>, String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut registry = kinds::Registry::new();
+    let (caches, triggers, feeds) = registry.start(client.clone());
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics,
+        caches,
+        settings.clone(),
+        instance,
+        engine,
+        triggers.of::<Service>(),
+    ));
+
+    // Reconciling before every cache is filled would act on a partial view
+    // (e.g. strip injected variables because Connections are not listed yet).
+    let feeds_task = tokio::spawn(feeds);
+    ctx.caches.wait_until_ready().await;
+    info!("caches ready; starting controllers");
+
+    let shutdown: futures::future::BoxFuture<'static, ()> = Box::pin(shutdown);
+    let shutdown = futures::future::FutureExt::shared(shutdown);
+    let config = ControllerConfig::default().concurrency(settings.concurrency);
+
+    // On shutdown, interrupt OpenTofu first (it then writes its state and
+    // releases its lock) so the controllers drain quickly.
+    let engine = ctx.engine.clone().ok();
+    let interrupt = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if let Some(engine) = engine {
+                engine.shutdown();
+                if tokio::time::timeout(Duration::from_secs(40), engine.drained())
+                    .await
+                    .is_err()
+                {
+                    warn!("tofu runs did not stop within 40s");
+                }
+            }
+        }
+    };
+    futures::join!(registry.run(ctx.clone(), config, shutdown), interrupt);
+    feeds_task.abort();
+    info!("controllers stopped");
+}

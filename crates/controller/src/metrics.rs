@@ -1,0 +1,214 @@
+//! The operator's own Prometheus metrics, served on `/metrics`.
+//!
+//! Owns the registry and the metric families; knows nothing of Kubernetes.
+//! The engine reports through [`mahler_engine::RunObserver`].
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// Kind of the object written (Deployment, Service status, Event, ...).
+    pub kind: String,
+    /// apply | apply_status | delete | finalizer | event
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    /// Apply | Plan | DriftCheck | Destroy
+    pub operation: String,
+    /// Applied | Planned | InSync | Destroyed | LockHeld | Failed ...
+    pub result: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    tofu_runs: Family<RunLabels, Counter>,
+    tofu_run_seconds: Histogram,
+    /// `tofu` processes started (init, plan, apply, show, output, ...).
+    pub tofu_processes: Counter,
+    reconciles: Family<ResultLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    durations: Family<KindLabels, Histogram>,
+    writes: Family<WriteLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mahler");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        let writes = Family::<WriteLabels, Counter>::default();
+        let leader = Gauge::default();
+        let tofu_runs = Family::<RunLabels, Counter>::default();
+        let tofu_run_seconds = Histogram::new(exponential_buckets(0.25, 2.0, 12));
+        let tofu_processes = Counter::default();
+        registry.register(
+            "tofu_runs",
+            "Terraform engine jobs by operation and outcome",
+            tofu_runs.clone(),
+        );
+        registry.register(
+            "tofu_run_seconds",
+            "Duration of one Terraform engine job (all its tofu commands)",
+            tofu_run_seconds.clone(),
+        );
+        registry.register(
+            "tofu_processes",
+            "tofu processes started",
+            tofu_processes.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Reconcile passes by kind and result (ok, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by kind and reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile pass",
+            durations.clone(),
+        );
+        registry.register(
+            "kube_writes",
+            "Writes the operator sent to the Kubernetes API, by object kind and verb",
+            writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            tofu_runs,
+            tofu_run_seconds,
+            tofu_processes,
+            reconciles,
+            errors,
+            durations,
+            writes,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, kind: &str, elapsed: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn failed(&self, kind: &str, reason: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn wrote(&self, kind: &str, verb: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.into(),
+                verb: verb.into(),
+            })
+            .inc();
+    }
+
+    pub fn tofu_run(&self, operation: &str, result: &str, elapsed: Duration) {
+        self.tofu_runs
+            .get_or_create(&RunLabels {
+                operation: operation.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.tofu_run_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The Terraform engine reports its runs here.
+impl mahler_engine::RunObserver for Metrics {
+    fn process_started(&self) {
+        self.tofu_processes.inc();
+    }
+    fn run_finished(
+        &self,
+        operation: mahler_api::terraform::Operation,
+        outcome: &str,
+        duration: Duration,
+    ) {
+        self.tofu_run(operation.as_str(), outcome, duration);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_up_in_the_exposition() {
+        let m = Metrics::default();
+        m.reconciled("Service", Duration::from_millis(3), true);
+        m.failed("Service", "kube_api");
+        m.wrote("Deployment", "apply");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"mahler_reconciles_total{kind="Service",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mahler_reconcile_errors_total{kind="Service",reason="kube_api"} 1"#)
+        );
+        assert!(text.contains(r#"mahler_kube_writes_total{kind="Deployment",verb="apply"} 1"#));
+    }
+}
