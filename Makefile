@@ -34,7 +34,7 @@ test: tools
 	hack/test.sh
 
 unit:
-	$(CARGO) test --lib --bins --test crds
+	$(CARGO) test --workspace --lib --bins --test crds
 
 bench: tools
 	hack/bench.sh

@@ -11,7 +11,7 @@ export MAHLER_PROVIDER_MIRROR
 MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
 
 echo ">> unit tests, and tofu validate of the shipped templates"
-MAHLER_TOFU=$MAHLER_TOOLS_DIR/tofu cargo test --lib --bins --test crds --test templates
+MAHLER_TOFU=$MAHLER_TOOLS_DIR/tofu cargo test --workspace --lib --bins --test crds --test templates
 
 name=test-$$
 export MAHLER_CLUSTER_DIR

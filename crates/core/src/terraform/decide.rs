@@ -497,3 +497,570 @@ pub fn backoff_remaining(tf: &TerraformStatus, hash: &str, now: Timestamp) -> Op
     ));
     (elapsed < wait).then(|| wait - elapsed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mahler_api::terraform::{FailureReason, LockState, PlanTrigger};
+    use mahler_api::{LockStatus, PlannedResource, RunStatus};
+
+    const HASH: &str = "h1";
+
+    /// One observation, owned; [`Case::observed`] borrows it.
+    struct Case {
+        deleting: bool,
+        has_finalizer: bool,
+        engine: Result<(), &'static str>,
+        running: Option<JobKind>,
+        workspace: Result<&'static str, Problem>,
+        tf: TerraformStatus,
+        drifted: Option<&'static str>,
+        approval: Approval,
+        approved: Option<&'static str>,
+        drift_policy: DriftPolicy,
+        drift_interval: Duration,
+        deletion_policy: DeletionPolicy,
+        forced: bool,
+        state_exists: bool,
+        terminating: bool,
+        now: Timestamp,
+    }
+
+    fn now() -> Timestamp {
+        "2026-12-01T12:00:00Z".parse().unwrap()
+    }
+
+    /// `secs` seconds before [`now`].
+    fn ago(secs: i64) -> String {
+        now()
+            .checked_sub(SignedDuration::from_secs(secs))
+            .unwrap()
+            .to_string()
+    }
+
+    impl Case {
+        fn new() -> Self {
+            Case {
+                deleting: false,
+                has_finalizer: true,
+                engine: Ok(()),
+                running: None,
+                workspace: Ok(HASH),
+                tf: TerraformStatus::default(),
+                drifted: None,
+                approval: Approval::Auto,
+                approved: None,
+                drift_policy: DriftPolicy::Correct,
+                drift_interval: Duration::from_secs(3600),
+                deletion_policy: DeletionPolicy::Delete,
+                forced: false,
+                state_exists: true,
+                terminating: false,
+                now: now(),
+            }
+        }
+
+        /// Applied `HASH`, drift checked `checked` seconds ago.
+        fn applied(mut self, checked: i64) -> Self {
+            self.tf.applied_hash = Some(HASH.into());
+            self.tf.last_drift_check_time = Some(ago(checked));
+            self
+        }
+
+        fn pending(mut self, id: &str, trigger: PlanTrigger) -> Self {
+            self.tf.plan = Some(PlanStatus {
+                id: id.into(),
+                workspace_hash: HASH.into(),
+                add: 1,
+                trigger,
+                phase: PlanPhase::Pending,
+                resources: vec![PlannedResource {
+                    address: "null_resource.x".into(),
+                    action: "create".into(),
+                }],
+                ..Default::default()
+            });
+            self
+        }
+
+        /// The last run: `op` ended `result` `secs` seconds ago (1 s long).
+        fn last_run(mut self, op: Operation, result: RunResult, hash: &str, secs: i64) -> Self {
+            self.tf.last_run = Some(RunStatus {
+                operation: op,
+                result,
+                started_time: ago(secs + 1),
+                duration_millis: Some(1000),
+                message: Some("apply: boom".into()),
+                workspace_hash: Some(hash.into()),
+                failures: Some(1),
+                reason: (result == RunResult::Failed).then_some(FailureReason::ApplyFailed),
+            });
+            self
+        }
+
+        fn blocked(mut self, secs: i64) -> Self {
+            self = self.last_run(Operation::Apply, RunResult::Blocked, HASH, secs);
+            self.tf.lock = Some(LockStatus {
+                state: LockState::Blocked,
+                message: Some("held by someone@elsewhere".into()),
+            });
+            self
+        }
+
+        fn deleting(mut self) -> Self {
+            self.deleting = true;
+            self
+        }
+
+        fn decide(&self) -> Action {
+            decide(&Observed {
+                name: "db",
+                namespace: "shop-staging",
+                deleting: self.deleting,
+                has_finalizer: self.has_finalizer,
+                engine: self.engine,
+                job: match &self.running {
+                    Some(kind) => Job::Running {
+                        kind,
+                        started: self.now,
+                    },
+                    None => Job::Idle,
+                },
+                workspace: self.workspace.as_ref().map(|h| *h),
+                terraform: &self.tf,
+                outputs_secret: Some("db-outputs"),
+                drifted: self.drifted,
+                approval: self.approval,
+                approved: self.approved,
+                drift_policy: self.drift_policy,
+                drift_interval: self.drift_interval,
+                deletion_policy: self.deletion_policy,
+                forced: self.forced,
+                state_exists: self.state_exists,
+                namespace_terminating: self.terminating,
+                state_secret: "tfstate-default-mahler-db",
+                now: self.now,
+            })
+        }
+    }
+
+    /// The reason, whether it is Ready, the job started, the requeue.
+    fn summary(action: &Action) -> (String, Option<JobKind>, Option<Requeue>) {
+        match action {
+            Action::Nothing => ("Nothing".into(), None, None),
+            Action::Release(r) => (format!("Release(drop_state={})", r.drop_state), None, None),
+            Action::Report(r) => (r.health.reason().into(), None, Some(r.requeue)),
+            Action::Start(kind, r) => (
+                r.health.reason().into(),
+                Some(kind.clone()),
+                Some(r.requeue),
+            ),
+        }
+    }
+
+    fn report(action: &Action) -> &Report {
+        match action {
+            Action::Report(r) | Action::Start(_, r) => r,
+            other => panic!("expected a report, got {other:?}"),
+        }
+    }
+
+    fn problem(reason: &'static str, message: &str) -> Result<&'static str, Problem> {
+        Err(Problem::new(reason, message))
+    }
+
+    #[test]
+    fn every_branch_of_a_live_service() {
+        use JobKind::*;
+        let on_change = Some(Requeue::OnChange);
+        let manual = |mut c: Case| {
+            c.approval = Approval::Manual;
+            c
+        };
+        let hold = |mut c: Case| {
+            c.drift_policy = DriftPolicy::Hold;
+            c
+        };
+        let approved = |mut c: Case, id| {
+            c.approved = Some(id);
+            c
+        };
+        let no_engine = |mut c: Case| {
+            c.engine = Err("MAHLER_TOFU is not set");
+            c
+        };
+        let running = |mut c: Case, kind| {
+            c.running = Some(kind);
+            c
+        };
+        let workspace = |mut c: Case, ws| {
+            c.workspace = ws;
+            c
+        };
+        let interval = |mut c: Case, secs| {
+            c.drift_interval = Duration::from_secs(secs);
+            c
+        };
+        let table: Vec<(&str, Case, (&str, Option<JobKind>, Option<Requeue>))> = vec![
+            (
+                "waiting for the engine",
+                no_engine(Case::new()),
+                ("EngineUnavailable", None, on_change),
+            ),
+            (
+                "an apply running",
+                running(Case::new(), Converge),
+                ("Applying", None, on_change),
+            ),
+            (
+                "a plan running",
+                running(Case::new(), PlanOnly),
+                ("Planning", None, on_change),
+            ),
+            (
+                "a drift check of applied infrastructure stays Ready",
+                running(Case::new().applied(10), DriftCheck { correct: true }),
+                ("Ready", None, on_change),
+            ),
+            (
+                "missing template",
+                workspace(
+                    Case::new(),
+                    problem(
+                        "TemplateNotFound",
+                        "spec.source.template.name: no ResourceTemplate named pg",
+                    ),
+                ),
+                ("TemplateNotFound", None, on_change),
+            ),
+            (
+                "bad inputs",
+                workspace(
+                    Case::new(),
+                    problem(
+                        "InvalidInputs",
+                        "spec.source.template.inputs.size: -1 is less than 1",
+                    ),
+                ),
+                ("InvalidInputs", None, on_change),
+            ),
+            (
+                "a git module not fetched yet",
+                workspace(
+                    Case::new(),
+                    problem("WaitingForTemplate", "commit abc is not checked out yet"),
+                ),
+                ("WaitingForTemplate", None, on_change),
+            ),
+            (
+                "new, auto approval: plan and apply",
+                Case::new(),
+                ("Applying", Some(Converge), on_change),
+            ),
+            (
+                "new, manual approval: plan only",
+                manual(Case::new()),
+                ("Planning", Some(PlanOnly), on_change),
+            ),
+            (
+                "manual, plan pending",
+                manual(Case::new().pending("p1", PlanTrigger::Create)),
+                ("AwaitingApproval", None, on_change),
+            ),
+            (
+                "manual, another plan approved",
+                approved(manual(Case::new().pending("p1", PlanTrigger::Create)), "p0"),
+                ("AwaitingApproval", None, on_change),
+            ),
+            (
+                "manual, pending plan approved",
+                approved(manual(Case::new().pending("p1", PlanTrigger::Create)), "p1"),
+                ("Applying", Some(ApplyApproved("p1".into())), on_change),
+            ),
+            (
+                "failed 10 s ago: back off",
+                Case::new().last_run(Operation::Apply, RunResult::Failed, HASH, 10),
+                (
+                    "ApplyFailed",
+                    None,
+                    Some(Requeue::After(Duration::from_secs(20))),
+                ),
+            ),
+            (
+                "failed, then the spec changed: retry at once",
+                Case::new().last_run(Operation::Apply, RunResult::Failed, "h0", 10),
+                ("Applying", Some(Converge), on_change),
+            ),
+            (
+                "failed 40 s ago: retry",
+                Case::new().last_run(Operation::Apply, RunResult::Failed, HASH, 40),
+                ("Applying", Some(Converge), on_change),
+            ),
+            (
+                "lock Blocked 5 s ago: wait",
+                Case::new().blocked(5),
+                ("LockHeld", None, Some(Requeue::After(LOCK_RETRY))),
+            ),
+            (
+                "lock Blocked 20 s ago: try again",
+                Case::new().blocked(20),
+                ("Applying", Some(Converge), on_change),
+            ),
+            (
+                "applied, drift check due, Correct",
+                Case::new().applied(3601),
+                ("Ready", Some(DriftCheck { correct: true }), on_change),
+            ),
+            (
+                "applied, drift check due, Hold",
+                hold(Case::new().applied(3601)),
+                ("Ready", Some(DriftCheck { correct: false }), on_change),
+            ),
+            (
+                "applied, drift check due, manual approval never corrects",
+                manual(Case::new().applied(3601)),
+                ("Ready", Some(DriftCheck { correct: false }), on_change),
+            ),
+            (
+                "applied, next check in 10 min",
+                Case::new().applied(3000),
+                (
+                    "Ready",
+                    None,
+                    Some(Requeue::After(Duration::from_secs(600))),
+                ),
+            ),
+            (
+                "applied, drift checks off",
+                interval(Case::new().applied(99_999), 0),
+                ("Ready", None, on_change),
+            ),
+            (
+                "applied, drift held for approval: approved",
+                approved(
+                    hold(Case::new().applied(10).pending("d1", PlanTrigger::Drift)),
+                    "d1",
+                ),
+                ("Applying", Some(ApplyApproved("d1".into())), on_change),
+            ),
+        ];
+        for (story, case, (reason, job, requeue)) in table {
+            let got = summary(&case.decide());
+            assert_eq!(got, (reason.to_string(), job, requeue), "{story}");
+        }
+    }
+
+    #[test]
+    fn a_live_service_carries_the_finalizer_once_past_a_running_job() {
+        assert!(report(&Case::new().decide()).finalizer);
+        let mut c = Case::new();
+        c.workspace = problem("TemplateNotFound", "x");
+        assert!(report(&c.decide()).finalizer);
+        c.running = Some(JobKind::Converge);
+        assert!(!report(&c.decide()).finalizer);
+        c.engine = Err("no tofu");
+        assert!(!report(&c.decide()).finalizer);
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let mut c = Case::new().pending("p1", PlanTrigger::Create);
+        c.approval = Approval::Manual;
+        let decided = c.decide();
+        let health = &report(&decided).health;
+        assert!(
+            health.message().contains(
+                "kubectl annotate msvc db -n shop-staging mahler.dev/approve-plan=p1 mahler.dev/approved-by=<your user name>"
+            ),
+            "{}",
+            health.message()
+        );
+        assert!(
+            health.message().contains("1 to add"),
+            "{}",
+            health.message()
+        );
+
+        let failed = Case::new().last_run(Operation::Apply, RunResult::Failed, HASH, 10);
+        assert_eq!(
+            report(&failed.decide()).health.message(),
+            "apply: boom (retrying at 2026-12-01T12:00:20Z, or at once when the spec changes)"
+        );
+        // A run from before reasons were recorded still reads as a failure.
+        let mut old = failed;
+        old.tf.last_run.as_mut().unwrap().reason = None;
+        assert_eq!(report(&old.decide()).health.reason(), "RunFailed");
+
+        let blocked = Case::new().blocked(5);
+        assert_eq!(
+            report(&blocked.decide()).health.message(),
+            "held by someone@elsewhere"
+        );
+        assert_eq!(
+            report(&Case::new().applied(10).decide()).health.message(),
+            "applied; outputs in Secret db-outputs"
+        );
+    }
+
+    #[test]
+    fn drift_found_is_reported_by_policy_and_kept_until_resolved() {
+        // Held by policy.
+        let mut c = Case::new().applied(10).pending("d1", PlanTrigger::Drift);
+        c.drift_policy = DriftPolicy::Hold;
+        let r = report(&c.decide()).clone();
+        assert!(r.health.is_ready());
+        assert_eq!(
+            r.drifted.as_deref(),
+            Some("drift held by driftPolicy Hold: plan d1 would change 1 resource(s)")
+        );
+        // Correct, but manual approval: awaits an owner.
+        c.drift_policy = DriftPolicy::Correct;
+        c.approval = Approval::Manual;
+        assert!(
+            report(&c.decide())
+                .drifted
+                .as_deref()
+                .is_some_and(|m| m.contains("awaits approval by an environment owner"))
+        );
+        // Nothing new known: a True Drifted condition stays.
+        let mut kept = Case::new().applied(10);
+        kept.drifted = Some("changed outside OpenTofu");
+        assert_eq!(
+            report(&kept.decide()).drifted.as_deref(),
+            Some("changed outside OpenTofu")
+        );
+    }
+
+    #[test]
+    fn every_branch_of_a_deletion() {
+        let on_change = Some(Requeue::OnChange);
+        let with = |f: &dyn Fn(&mut Case)| {
+            let mut c = Case::new().applied(10).deleting();
+            f(&mut c);
+            c
+        };
+        let table: Vec<(&str, Case, (&str, Option<JobKind>, Option<Requeue>))> = vec![
+            (
+                "finalizer gone: nothing to do",
+                with(&|c| c.has_finalizer = false),
+                ("Nothing", None, None),
+            ),
+            (
+                "a run in flight: wait for it",
+                with(&|c| c.running = Some(JobKind::Converge)),
+                ("Applying", None, on_change),
+            ),
+            (
+                "Retain: keep everything",
+                with(&|c| c.deletion_policy = DeletionPolicy::Retain),
+                ("Release(drop_state=false)", None, None),
+            ),
+            (
+                "force-delete: keep everything",
+                with(&|c| c.forced = true),
+                ("Release(drop_state=false)", None, None),
+            ),
+            (
+                "nothing was ever applied",
+                with(&|c| c.state_exists = false),
+                ("Release(drop_state=true)", None, None),
+            ),
+            (
+                "destroyed",
+                Case::new()
+                    .last_run(Operation::Destroy, RunResult::Succeeded, HASH, 5)
+                    .deleting(),
+                ("Release(drop_state=true)", None, None),
+            ),
+            (
+                "no engine: say how out",
+                with(&|c| c.engine = Err("no tofu")),
+                ("EngineUnavailable", None, on_change),
+            ),
+            (
+                "destroy failed 10 s ago",
+                Case::new()
+                    .applied(10)
+                    .last_run(Operation::Destroy, RunResult::Failed, HASH, 10)
+                    .deleting(),
+                (
+                    "DestroyFailed",
+                    None,
+                    Some(Requeue::After(Duration::from_secs(20))),
+                ),
+            ),
+            (
+                "lock Blocked",
+                Case::new().applied(10).blocked(5).deleting(),
+                ("LockHeld", None, Some(Requeue::After(LOCK_RETRY))),
+            ),
+            (
+                "template gone: cannot destroy",
+                with(&|c| {
+                    c.workspace = problem("TemplateNotFound", "no ResourceTemplate named pg")
+                }),
+                ("TemplateNotFound", None, on_change),
+            ),
+            (
+                "destroy",
+                with(&|_| {}),
+                (
+                    "Destroying",
+                    Some(JobKind::Destroy { lock: true }),
+                    on_change,
+                ),
+            ),
+            (
+                "destroy in a terminating namespace: no new lock",
+                with(&|c| c.terminating = true),
+                (
+                    "Destroying",
+                    Some(JobKind::Destroy { lock: false }),
+                    on_change,
+                ),
+            ),
+        ];
+        for (story, case, (reason, job, requeue)) in table {
+            let got = summary(&case.decide());
+            assert_eq!(got, (reason.to_string(), job, requeue), "{story}");
+        }
+    }
+
+    #[test]
+    fn a_failed_destroy_says_how_out_and_force_delete_takes_it() {
+        let mut c = Case::new()
+            .applied(10)
+            .last_run(Operation::Destroy, RunResult::Failed, HASH, 10)
+            .deleting();
+        let message = report(&c.decide()).health.message().to_string();
+        assert!(
+            message.ends_with("To keep the infrastructure and finish deleting: kubectl annotate msvc db -n shop-staging mahler.dev/force-delete=true"),
+            "{message}"
+        );
+        c.forced = true;
+        let Action::Release(release) = c.decide() else {
+            panic!("force-delete releases")
+        };
+        assert!(!release.drop_state);
+        assert!(
+            release.note.contains("removed without destroying"),
+            "{}",
+            release.note
+        );
+    }
+
+    #[test]
+    fn a_retained_state_in_a_terminating_namespace_is_announced() {
+        let mut c = Case::new().applied(10).deleting();
+        c.deletion_policy = DeletionPolicy::Retain;
+        c.terminating = true;
+        let Action::Release(release) = c.decide() else {
+            panic!("Retain releases")
+        };
+        assert!(release.state_goes_with_namespace && !release.drop_state);
+        assert_eq!(
+            release.note,
+            "deletionPolicy Retain: the infrastructure and its state (Secret tfstate-default-mahler-db) are kept"
+        );
+    }
+}

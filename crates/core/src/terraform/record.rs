@@ -297,3 +297,292 @@ fn publish_outputs(
     st.outputs_hash = Some(hash);
     (changed && !cx.leaving).then_some(Effect::WriteOutputs { name, data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::terraform::job::{Note, NoteReason, RunFailure};
+    use std::time::Duration;
+
+    fn plan(id: &str, add: i32, trigger: PlanTrigger) -> Plan {
+        Plan {
+            id: id.into(),
+            workspace_hash: "h1".into(),
+            add,
+            trigger,
+            ..Default::default()
+        }
+    }
+
+    fn result(kind: JobKind, outcome: Outcome) -> JobResult {
+        JobResult {
+            kind,
+            workspace_hash: "h1".into(),
+            started: "2026-12-01T12:00:00Z".parse().unwrap(),
+            duration: Duration::from_millis(1500),
+            outcome,
+            notes: Vec::new(),
+        }
+    }
+
+    fn outputs(pairs: &[(&str, &str, bool)]) -> BTreeMap<String, OutputValue> {
+        pairs
+            .iter()
+            .map(|(k, v, sensitive)| {
+                (
+                    k.to_string(),
+                    OutputValue {
+                        value: v.to_string(),
+                        sensitive: *sensitive,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn declared(names: &[&str]) -> Vec<TemplateOutput> {
+        names
+            .iter()
+            .map(|n| TemplateOutput {
+                name: n.to_string(),
+                sensitive: None,
+                description: None,
+            })
+            .collect()
+    }
+
+    fn cx<'a>(declared: &'a [TemplateOutput], leaving: bool) -> Context<'a> {
+        Context {
+            service: "db",
+            template: "postgres",
+            declared,
+            approved_by: Some("bob"),
+            leaving,
+            now: "2026-12-01T12:00:02Z".parse().unwrap(),
+        }
+    }
+
+    fn reasons(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::ProtectState => "ProtectState",
+                Effect::Event { reason, .. } => reason,
+                Effect::WriteOutputs { .. } => "WriteOutputs",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_apply_guards_the_state_first_publishes_outputs_and_clears_drift() {
+        let d = declared(&["url", "password"]);
+        let mut st = Folded {
+            drifted: Some("changed".into()),
+            ..Default::default()
+        };
+        let r = result(
+            JobKind::Converge,
+            Outcome::Applied {
+                plan: plan("p1", 2, PlanTrigger::Create),
+                outputs: outputs(&[("url", "pg://x", false), ("password", "s3cret", true)]),
+            },
+        );
+        let effects = record(&mut st, &r, &cx(&d, false));
+        assert_eq!(
+            reasons(&effects),
+            vec!["ProtectState", "WriteOutputs", "Applied"]
+        );
+        assert_eq!(st.terraform.applied_hash.as_deref(), Some("h1"));
+        assert_eq!(
+            st.terraform.plan.as_ref().unwrap().phase,
+            PlanPhase::Applied
+        );
+        assert_eq!(
+            st.terraform.last_run.as_ref().unwrap().result,
+            RunResult::Succeeded
+        );
+        assert_eq!(st.terraform.lock.as_ref().unwrap().state, LockState::Free);
+        assert_eq!(st.drifted, None);
+        // Sensitive outputs stay out of status.
+        assert_eq!(st.outputs.keys().collect::<Vec<_>>(), vec!["url"]);
+        assert_eq!(st.outputs_secret.as_deref(), Some("db-outputs"));
+        // The same outputs again: no second Secret write.
+        let again = record(&mut st, &r, &cx(&d, false));
+        assert!(!reasons(&again).contains(&"WriteOutputs"));
+    }
+
+    #[test]
+    fn nothing_new_is_written_into_a_namespace_being_deleted() {
+        let d = declared(&["url"]);
+        let mut st = Folded::default();
+        let r = result(
+            JobKind::DriftCheck { correct: true },
+            Outcome::InSync {
+                outputs: outputs(&[("url", "pg://x", false)]),
+            },
+        );
+        let effects = record(&mut st, &r, &cx(&d, true));
+        assert_eq!(reasons(&effects), vec!["ProtectState"]);
+        assert_eq!(st.outputs_secret.as_deref(), Some("db-outputs"));
+    }
+
+    #[test]
+    fn a_declared_output_the_module_lacks_fails_the_run_as_output_missing() {
+        let d = declared(&["url", "port"]);
+        let mut st = Folded::default();
+        let r = result(
+            JobKind::Converge,
+            Outcome::Applied {
+                plan: plan("p1", 1, PlanTrigger::Create),
+                outputs: outputs(&[("url", "pg://x", false)]),
+            },
+        );
+        let effects = record(&mut st, &r, &cx(&d, false));
+        assert_eq!(reasons(&effects), vec!["ProtectState", "OutputMissing"]);
+        let run = st.terraform.last_run.unwrap();
+        assert_eq!(run.reason, Some(FailureReason::OutputMissing));
+        assert_eq!(run.failures, Some(1));
+        assert!(
+            run.message
+                .unwrap()
+                .starts_with("outputs: ResourceTemplate postgres declares output(s) port")
+        );
+        assert_eq!(st.terraform.applied_hash, None);
+    }
+
+    #[test]
+    fn failures_of_one_workspace_count_up_with_their_step_as_reason() {
+        let mut st = Folded::default();
+        let fail = result(
+            JobKind::Converge,
+            Outcome::Failed(RunFailure {
+                reason: FailureReason::InitFailed,
+                result: RunResult::TimedOut,
+                message: "timed out and was interrupted; provider slow".into(),
+            }),
+        );
+        let effects = record(&mut st, &fail, &cx(&[], false));
+        assert_eq!(reasons(&effects), vec!["ProtectState", "InitFailed"]);
+        record(&mut st, &fail, &cx(&[], false));
+        let run = st.terraform.last_run.clone().unwrap();
+        assert_eq!(
+            (run.result, run.reason, run.failures),
+            (
+                RunResult::TimedOut,
+                Some(FailureReason::InitFailed),
+                Some(2)
+            )
+        );
+        assert_eq!(
+            run.message.as_deref(),
+            Some("init: timed out and was interrupted; provider slow")
+        );
+    }
+
+    #[test]
+    fn a_recovered_lock_and_a_held_one_show_in_the_lock_status() {
+        let mut st = Folded::default();
+        let mut r = result(
+            JobKind::Converge,
+            Outcome::LockHeld {
+                message: "held by ops@laptop".into(),
+            },
+        );
+        let effects = record(&mut st, &r, &cx(&[], false));
+        assert!(effects.is_empty(), "nothing ran: nothing to guard or say");
+        assert_eq!(
+            st.terraform.lock.as_ref().unwrap().state,
+            LockState::Blocked
+        );
+        assert_eq!(
+            st.terraform.last_run.as_ref().unwrap().result,
+            RunResult::Blocked
+        );
+
+        r.notes.push(Note {
+            warning: true,
+            reason: NoteReason::LockRecovered,
+            message: "released an orphaned state lock: its process is gone".into(),
+        });
+        r.outcome = Outcome::Destroyed;
+        let effects = record(&mut st, &r, &cx(&[], false));
+        assert_eq!(reasons(&effects), vec!["LockRecovered", "Destroyed"]);
+        assert_eq!(
+            st.terraform.lock.as_ref().unwrap().state,
+            LockState::Recovered
+        );
+    }
+
+    #[test]
+    fn plans_are_announced_once_and_an_approved_plan_that_changed_is_not_applied() {
+        let mut st = Folded::default();
+        let planned = result(
+            JobKind::PlanOnly,
+            Outcome::Planned {
+                plan: plan("p1", 1, PlanTrigger::Create),
+            },
+        );
+        assert_eq!(
+            reasons(&record(&mut st, &planned, &cx(&[], false))),
+            vec!["ProtectState", "PlanReady"]
+        );
+        assert_eq!(
+            reasons(&record(&mut st, &planned, &cx(&[], false))),
+            vec!["ProtectState"]
+        );
+        let changed = result(
+            JobKind::ApplyApproved("p1".into()),
+            Outcome::Planned {
+                plan: plan("p2", 2, PlanTrigger::Update),
+            },
+        );
+        assert_eq!(
+            reasons(&record(&mut st, &changed, &cx(&[], false))),
+            vec!["ProtectState", "PlanReady", "PlanChanged"]
+        );
+        assert_eq!(st.terraform.plan.as_ref().unwrap().id, "p2");
+        assert_eq!(
+            st.terraform.plan.as_ref().unwrap().phase,
+            PlanPhase::Pending
+        );
+        // Applying it records who approved, and keeps the pending plan's trigger.
+        let applied = result(
+            JobKind::ApplyApproved("p2".into()),
+            Outcome::Applied {
+                plan: plan("p2", 2, PlanTrigger::Create),
+                outputs: BTreeMap::new(),
+            },
+        );
+        record(&mut st, &applied, &cx(&[], false));
+        let p = st.terraform.plan.unwrap();
+        assert_eq!(
+            (p.approved_by.as_deref(), p.trigger),
+            (Some("bob"), PlanTrigger::Update)
+        );
+    }
+
+    #[test]
+    fn a_clean_drift_check_supersedes_a_pending_drift_plan() {
+        let mut st = Folded {
+            drifted: Some("changed".into()),
+            ..Default::default()
+        };
+        let drift = result(
+            JobKind::DriftCheck { correct: false },
+            Outcome::Planned {
+                plan: plan("d1", 1, PlanTrigger::Drift),
+            },
+        );
+        record(&mut st, &drift, &cx(&[], false));
+        assert!(st.terraform.last_drift_check_time.is_some());
+        let clean = result(
+            JobKind::DriftCheck { correct: false },
+            Outcome::InSync {
+                outputs: BTreeMap::new(),
+            },
+        );
+        record(&mut st, &clean, &cx(&[], false));
+        assert_eq!(st.terraform.plan.unwrap().phase, PlanPhase::Superseded);
+        assert_eq!(st.drifted, None);
+    }
+}
