@@ -3,6 +3,7 @@
 //! objects and status.
 
 mod harness;
+mod reporting;
 mod terraform;
 
 use std::collections::BTreeMap;

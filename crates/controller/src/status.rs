@@ -24,7 +24,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use mahler_api::names::FIELD_MANAGER;
+use mahler_api::names::{FIELD_MANAGER, NOT_IMPLEMENTED};
+use mahler_core::unsupported::{self, NotImplemented};
 
 use super::{Context, Error, ScopedApi};
 use mahler_api::{ConditionSet, Health};
@@ -202,6 +203,10 @@ fn changed_fields<S: Serialize>(current: Option<&S>, new: &S) -> Vec<String> {
 }
 
 /// New conditions for `health`, and an Event when the Ready condition changed.
+///
+/// Also the `NotImplemented` condition: True, naming the fields the object
+/// uses that this version accepts but does not act on yet (with a Warning
+/// Event when that list changes), and gone when it uses none.
 pub async fn conditions<K>(
     ctx: &Context,
     obj: &K,
@@ -209,7 +214,7 @@ pub async fn conditions<K>(
     health: &Health,
 ) -> Vec<Condition>
 where
-    K: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + NotImplemented,
 {
     let before = existing
         .iter()
@@ -222,6 +227,33 @@ where
         .map(|c| (c.status.clone(), c.reason.clone()));
     if before != after && worth_an_event(before.as_ref(), health) {
         publish(ctx, obj, health).await;
+    }
+    let fields = obj.not_implemented();
+    if fields.is_empty() {
+        set.0.retain(|c| c.type_ != NOT_IMPLEMENTED);
+    } else {
+        let message = unsupported::message(&fields);
+        let news = set
+            .get(NOT_IMPLEMENTED)
+            .is_none_or(|c| c.message != message);
+        set.set(
+            NOT_IMPLEMENTED,
+            true,
+            "FieldsNotImplemented",
+            &message,
+            obj.meta().generation,
+        );
+        if news {
+            event(
+                ctx,
+                obj,
+                true,
+                "Reconcile",
+                "FieldsNotImplemented",
+                &message,
+            )
+            .await;
+        }
     }
     set.into_vec()
 }

@@ -13,6 +13,7 @@
 pub mod digest;
 pub mod environment;
 pub mod terraform;
+pub mod unsupported;
 pub mod workload;
 
 /// `s` cut to at most `max` bytes on a character boundary, marked with `…`
