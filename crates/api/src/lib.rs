@@ -15,7 +15,7 @@ mod service;
 mod template;
 pub mod terraform;
 
-pub use condition::{ConditionSet, Health};
+pub use condition::{ConditionSet, Health, READY, RECONCILING, STALLED};
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
 pub use environment::{
     DeletionPolicy, Environment, EnvironmentSpec, EnvironmentStatus, Owner, TelemetrySpec,

@@ -644,7 +644,10 @@ mod tests {
         }
     }
 
-    /// The reason, whether it is Ready, the job started, the requeue.
+    /// A table row's expectation: the reason, the job started, the requeue.
+    type Expected = (&'static str, Option<JobKind>, Option<Requeue>);
+
+    /// The reason, the job started, the requeue.
     fn summary(action: &Action) -> (String, Option<JobKind>, Option<Requeue>) {
         match action {
             Action::Nothing => ("Nothing".into(), None, None),
@@ -701,7 +704,7 @@ mod tests {
             c.drift_interval = Duration::from_secs(secs);
             c
         };
-        let table: Vec<(&str, Case, (&str, Option<JobKind>, Option<Requeue>))> = vec![
+        let table: Vec<(&str, Case, Expected)> = vec![
             (
                 "waiting for the engine",
                 no_engine(Case::new()),
@@ -939,7 +942,7 @@ mod tests {
             f(&mut c);
             c
         };
-        let table: Vec<(&str, Case, (&str, Option<JobKind>, Option<Requeue>))> = vec![
+        let table: Vec<(&str, Case, Expected)> = vec![
             (
                 "finalizer gone: nothing to do",
                 with(&|c| c.has_finalizer = false),
