@@ -102,7 +102,7 @@ pub fn init_logging(format: &str) {
 
 /// Runs the operator until SIGTERM/SIGINT. Returns an error when leadership
 /// is lost (the process should exit and be restarted as a standby).
-pub async fn run(args: Args) -> anyhow_like::Result<()> {
+pub async fn run(args: Args) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -110,8 +110,11 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
-        .map_err(|e| format!("binding {}: {e}", args.metrics_addr))?;
-    info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics, /healthz, /readyz");
+        .map_err(|source| Error::Bind {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -126,9 +129,7 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         }
     });
 
-    let client = Client::try_default()
-        .await
-        .map_err(|e| format!("connecting to Kubernetes: {e}"))?;
+    let client = Client::try_default().await.map_err(Error::Connect)?;
     if !wait_for_crds(&client, shutdown_rx.clone()).await {
         return Ok(());
     }
@@ -140,14 +141,8 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         concurrency: args.concurrency.max(1),
         drift_check_interval: Some(
-            mahler_core::terraform::parse_duration(&args.drift_check_interval).ok_or_else(
-                || {
-                    format!(
-                        "MAHLER_DRIFT_CHECK_INTERVAL: {:?} is not a duration like 30m or 1h",
-                        args.drift_check_interval
-                    )
-                },
-            )?,
+            mahler_core::terraform::parse_duration(&args.drift_check_interval)
+                .ok_or_else(|| Error::DriftInterval(args.drift_check_interval.clone()))?,
         ),
     };
     let engine = start_engine(&args, &client, &metrics).await;
@@ -174,11 +169,9 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         .with_field_manager(mahler_api::names::FIELD_MANAGER)
         .build()
         .await
-        .map_err(|e| {
-            format!(
-                "leader election on Lease {}/{}: {e}",
-                args.lease_namespace, args.lease_name
-            )
+        .map_err(|source| Error::LeaderElection {
+            lease: format!("{}/{}", args.lease_namespace, args.lease_name),
+            source,
         })?;
     let (mut leader, lease_task) = lease.watch().await;
     info!(%identity, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "waiting to become leader");
@@ -188,7 +181,7 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
             break;
         }
         tokio::select! {
-            changed = leader.changed() => if changed.is_err() { return Err("leader election stopped".into()) },
+            changed = leader.changed() => if changed.is_err() { return Err(Error::LeaderElectionStopped) },
             _ = shutdown.wait_for(|s| *s) => { drop(leader); let _ = lease_task.await; return Ok(()) }
         }
     }
@@ -212,7 +205,7 @@ pub async fn run(args: Args) -> anyhow_like::Result<()> {
         warn!(%error, "releasing the leader Lease");
     }
     if lost.load(Ordering::Acquire) {
-        return Err("lost the leader Lease; exiting so a standby can take over".into());
+        return Err(Error::LostLease);
     }
     Ok(())
 }
@@ -327,7 +320,25 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A string error is all the binary needs at the edge.
-pub mod anyhow_like {
-    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to Kubernetes: {0}")]
+    Connect(#[source] kube::Error),
+    #[error("MAHLER_DRIFT_CHECK_INTERVAL: {0:?} is not a duration like 30m or 1h")]
+    DriftInterval(String),
+    #[error("leader election on Lease {lease}: {source}")]
+    LeaderElection {
+        lease: String,
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("leader election stopped")]
+    LeaderElectionStopped,
+    #[error("lost the leader Lease; exiting so a standby can take over")]
+    LostLease,
 }
