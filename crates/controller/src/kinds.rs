@@ -2,8 +2,8 @@
 //! routing, controller, periodic resync and CRD check all come from its
 //! [`Kind`] impl and its line in [`register`].
 //!
-//! Adding a kind: implement [`Kind`] for it below (its routing in
-//! [`crate::routes`], its pass in its own module) and add it to [`register`].
+//! Adding a kind: write its pass (its own module) and its routing
+//! ([`crate::routes`]), then one `kind!` line and one [`register`] line here.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -55,65 +55,28 @@ fn register(r: &mut Registry) {
     r.add::<ResourceTemplate>();
 }
 
-impl Kind for Project {
-    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
-        routes::project_changed(obj, view, wake)
-    }
-    fn pass<'a>(
-        &'a self,
-        ctx: &'a Context,
-    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
-        super::project::pass(self, ctx)
-    }
+/// `impl Kind` from the kind's routing function and its reconciler module.
+macro_rules! kind {
+    ($kind:ty, $module:ident, $wakes:path) => {
+        impl Kind for $kind {
+            fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
+                $wakes(obj, view, wake)
+            }
+            fn pass<'a>(
+                &'a self,
+                ctx: &'a Context,
+            ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
+                super::$module::pass(self, ctx)
+            }
+        }
+    };
 }
 
-impl Kind for Environment {
-    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
-        routes::environment_changed(obj, view, wake)
-    }
-    fn pass<'a>(
-        &'a self,
-        ctx: &'a Context,
-    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
-        super::environment::pass(self, ctx)
-    }
-}
-
-impl Kind for Service {
-    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
-        routes::service_changed(obj, view, wake)
-    }
-    fn pass<'a>(
-        &'a self,
-        ctx: &'a Context,
-    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
-        super::service::pass(self, ctx)
-    }
-}
-
-impl Kind for Connection {
-    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
-        routes::connection_changed(obj, view, wake)
-    }
-    fn pass<'a>(
-        &'a self,
-        ctx: &'a Context,
-    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
-        super::connection::pass(self, ctx)
-    }
-}
-
-impl Kind for ResourceTemplate {
-    fn wakes(obj: &Guarded<Self>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
-        routes::template_changed(obj, view, wake)
-    }
-    fn pass<'a>(
-        &'a self,
-        ctx: &'a Context,
-    ) -> impl Future<Output = Result<Action, Error>> + Send + 'a {
-        super::template::pass(self, ctx)
-    }
-}
+kind!(Project, project, routes::project_changed);
+kind!(Environment, environment, routes::environment_changed);
+kind!(Service, service, routes::service_changed);
+kind!(Connection, connection, routes::connection_changed);
+kind!(ResourceTemplate, template, routes::template_changed);
 
 /// The API resources of every kind: what the operator waits for at start-up.
 pub fn resources() -> Vec<ApiResource> {
