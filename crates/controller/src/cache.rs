@@ -23,7 +23,6 @@ use futures::{Future, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -34,13 +33,10 @@ use tracing::warn;
 
 use super::child::{ChildObject, ChildStoreWriter};
 use super::routes::{self, View, Wake};
-use super::{ChildKind, ChildStore};
+use super::{ChildKind, ChildStore, Guarded, valid_ref};
 
 /// Waits until one store has its initial list.
 type Wait = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// A Mahler object as cached: decoded, or the reason it could not be.
-pub type Guarded<K> = DeserializeGuard<K>;
 
 /// Read access to every cached kind.
 #[derive(Clone)]
@@ -265,11 +261,6 @@ impl View for Caches {
             false
         });
     }
-}
-
-/// The decoded object inside a guard, if it decoded.
-pub fn valid_ref<K>(guard: &Guarded<K>) -> Option<&K> {
-    guard.0.as_ref().ok()
 }
 
 fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {

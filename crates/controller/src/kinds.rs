@@ -23,9 +23,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::cache::{self, CachesBuilder, Guarded};
+use super::cache::{self, CachesBuilder};
 use super::routes::{self, View, Wake};
-use super::{Context, Error, ScopedApi, Trigger};
+use super::{Context, Error, Guarded, ScopedApi, Trigger};
 
 /// A Mahler kind the operator reconciles.
 pub trait Kind:

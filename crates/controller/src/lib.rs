@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-pub use cache::{Caches, Guarded};
+pub use cache::Caches;
 pub use child::{Child, ChildKind, ChildStore};
 pub use kinds::Kind;
 pub use template_service::StateAccess;
@@ -55,6 +55,15 @@ pub use template_service::StateAccess;
 use mahler_api::{ConditionSet, Health, Service};
 use mahler_engine::Engine;
 use metrics::Metrics;
+
+/// A Mahler object as cached: decoded, or the reason it could not be
+/// (watched through `DeserializeGuard`, so a bad object cannot break a watch).
+pub type Guarded<K> = kube::core::DeserializeGuard<K>;
+
+/// The decoded object inside a guard, if it decoded.
+pub fn valid_ref<K>(guard: &Guarded<K>) -> Option<&K> {
+    guard.0.as_ref().ok()
+}
 
 /// Everything a reconcile pass can see: the client, the caches, settings.
 pub struct Context {

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use mahler_api::names::ENVIRONMENT_LABEL;
 use mahler_api::{Connection, Environment, GROUP, Project, ResourceTemplate, Service};
 
-use super::cache::{Guarded, valid_ref};
+use super::{Guarded, valid_ref};
 
 /// A reconcile request: one object of one Mahler kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
