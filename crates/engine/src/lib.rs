@@ -106,7 +106,8 @@ pub enum ValidateError {
     /// The module's diagnostics, `file:line: summary`.
     #[error("{0}")]
     Invalid(String),
-    #[error(transparent)]
+    /// OpenTofu could not run (its message, without the step: validating is the step).
+    #[error("{}", .0.message)]
     Run(RunFailure),
 }
 
