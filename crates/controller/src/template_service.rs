@@ -24,7 +24,9 @@ use mahler_api::names::{
     APPROVE_ANNOTATION, APPROVED_BY_ANNOTATION, DRIFTED, FORCE_DELETE_ANNOTATION, MANAGED_BY,
     SERVICE_LABEL, STATE_FINALIZER,
 };
-use mahler_api::{ConditionSet, DeletionPolicy, Health, Service, ServiceStatus, TemplateSource};
+use mahler_api::{
+    ConditionSet, DeletionPolicy, Environment, Health, Service, ServiceStatus, TemplateSource,
+};
 use mahler_core::terraform::decide::{self, Job, Problem, Requeue};
 use mahler_core::terraform::record::{self, Effect, Folded};
 use mahler_core::terraform::workspace::{self, Backend};
@@ -80,11 +82,16 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         },
         _ => Job::Idle,
     };
+    // The namespace's Environment, read once: its project names the
+    // workspace's context, its deletion policy is the default.
+    let environment = ctx.caches.environment(&ns);
     let workspace = match engine {
-        Ok(engine) => render(ctx, svc, src, engine, backend.clone()).map(|mut ws| {
-            ws.plan_salt = st.terraform.last_applied_time.clone().unwrap_or_default();
-            ws
-        }),
+        Ok(engine) => {
+            render(ctx, svc, src, environment.as_ref(), engine, backend.clone()).map(|mut ws| {
+                ws.plan_salt = st.terraform.last_applied_time.clone().unwrap_or_default();
+                ws
+            })
+        }
         Err(why) => Err(Problem::new("EngineUnavailable", why)),
     };
     let terminating = ctx.caches.namespace_terminating(&ns);
@@ -119,7 +126,7 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
             .and_then(mahler_core::terraform::parse_duration)
             .or(ctx.settings.drift_check_interval)
             .unwrap_or(DEFAULT_DRIFT_INTERVAL),
-        deletion_policy: deletion_policy(ctx, src, &ns),
+        deletion_policy: deletion_policy(src, environment.as_ref()),
         forced: annotations
             .get(FORCE_DELETE_ANNOTATION)
             .is_some_and(|v| v == "true"),
@@ -164,11 +171,11 @@ fn drifted_message(status: &ServiceStatus) -> Option<String> {
 
 /// The Service's deletion policy, else its Environment's. An Environment
 /// that cannot be read might say Retain: never destroy on a guess.
-fn deletion_policy(ctx: &Context, src: &TemplateSource, ns: &str) -> DeletionPolicy {
+fn deletion_policy(src: &TemplateSource, environment: Option<&Environment>) -> DeletionPolicy {
     if let Some(p) = src.deletion_policy {
         return p;
     }
-    match ctx.caches.environment(ns) {
+    match environment {
         Some(env) => env.spec.deletion_policy.unwrap_or(DeletionPolicy::Delete),
         None => DeletionPolicy::Retain,
     }
@@ -190,6 +197,7 @@ fn render(
     ctx: &Context,
     svc: &Service,
     src: &TemplateSource,
+    environment: Option<&Environment>,
     engine: &Engine,
     backend: Backend,
 ) -> Result<Workspace, Problem> {
@@ -219,12 +227,10 @@ fn render(
     )
     .map_err(problem)?;
     let ns = svc.namespace().unwrap_or_default();
-    let project = ctx
-        .caches
-        .environment(&ns)
-        .map(|e| e.spec.project.clone())
+    let project = environment
+        .map(|e| e.spec.project.as_str())
         .unwrap_or_default();
-    let vars = workspace::context_vars(&ns, &svc.name_any(), &ns, &project);
+    let vars = workspace::context_vars(&ns, &svc.name_any(), &ns, project);
     workspace::render(module, &inputs, vars, backend, engine.fingerprint()).map_err(problem)
 }
 
