@@ -17,7 +17,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${MAHLER_TOOLS_CACHE:-$HOME/.cache/mahler/tools}
-all_components=(etcd kubernetes kwok tofu provider-random provider-null provider-kubernetes)
+all_components=(etcd kubernetes kwok tofu provider-random provider-null provider-kubernetes helm gitops-check)
 
 # binaries <component>: the packages a wrapper builds, as "name=package".
 binaries() {
@@ -29,6 +29,10 @@ binaries() {
       done ;;
     kwok) echo "kwok=sigs.k8s.io/kwok/cmd/kwok kwokctl=sigs.k8s.io/kwok/cmd/kwokctl" ;;
     tofu) echo "tofu=github.com/opentofu/opentofu/cmd/tofu" ;;
+    helm) echo "helm=helm.sh/helm/v3/cmd/helm" ;;
+    # Mahler's own small main (tools/gitops-check/main.go): kstatus, the
+    # library Flux uses, and gopher-lua, the interpreter Argo CD embeds.
+    gitops-check) echo "gitops-check=mahler.dev/tools/gitops-check" ;;
     provider-random) echo "terraform-provider-random=github.com/terraform-providers/terraform-provider-random" ;;
     provider-null) echo "terraform-provider-null=github.com/terraform-providers/terraform-provider-null" ;;
     provider-kubernetes) echo "terraform-provider-kubernetes=github.com/hashicorp/terraform-provider-kubernetes" ;;
@@ -48,12 +52,24 @@ ldflags() {
       echo "-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
       ;;
     tofu) echo "-X github.com/opentofu/opentofu/version.dev=no" ;;
+    helm)
+      # Without these helm says "v3.22" and renders and lints for Kubernetes
+      # 1.20; render for the Kubernetes the local cluster runs.
+      v=$(awk '$1=="helm.sh/helm/v3" {print $2; exit}' "$mod")
+      local k; k=$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$root/tools/kubernetes/go.mod")
+      k=${k#v1.}; k=${k%%.*}
+      local m
+      for m in pkg/chartutil pkg/lint/rules; do
+        echo -n "-X helm.sh/helm/v3/$m.k8sVersionMajor=1 -X helm.sh/helm/v3/$m.k8sVersionMinor=$k "
+      done
+      echo "-X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+      ;;
     *) echo "" ;;
   esac
 }
 
 key() {
-  { cat "$root/tools/$1/go.mod" "$root/tools/$1/go.sum"; binaries "$1"; ldflags "$1"; } |
+  { cat "$root/tools/$1/go.mod" "$root/tools/$1/go.sum"; cat "$root/tools/$1/"*.go 2>/dev/null || true; binaries "$1"; ldflags "$1"; } |
     sha256sum | cut -c1-12
 }
 

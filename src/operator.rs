@@ -33,8 +33,10 @@ pub struct Args {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "MAHLER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
-    /// Elect one active replica through a Lease (disable only for a single replica).
-    #[arg(long, env = "MAHLER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Elect one active replica through a Lease in --lease-namespace (the
+    /// Helm chart turns it on; off by default, so a single operator run by
+    /// hand needs no namespace of its own).
+    #[arg(long, env = "MAHLER_LEADER_ELECT", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub leader_elect: bool,
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "mahler-system")]
@@ -78,9 +80,19 @@ pub struct Args {
     /// Disable the Terraform engine (template Services report EngineUnavailable).
     #[arg(long, env = "MAHLER_TERRAFORM_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub terraform_disabled: bool,
-    /// Log format: text or json.
-    #[arg(long, env = "MAHLER_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = "MAHLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a full filter like
+    /// `info,mahler=debug`. RUST_LOG, when set, wins.
+    #[arg(long, env = "MAHLER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone)]
@@ -89,15 +101,31 @@ struct Health {
     ready: Arc<AtomicBool>,
 }
 
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn,kube_lease_manager=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
+/// Logging to stderr. A bare level quiets the chatty client crates to warn;
+/// a filter with directives of its own is taken as written.
+pub fn init_logging(args: &Args) -> Result<(), Error> {
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(filter) if !filter.is_empty() => filter,
+        _ if args.log_level.contains(['=', ',']) => args.log_level.clone(),
+        // kube_client logs each failed request itself; the operator reports
+        // those errors with their context, once.
+        _ => format!(
+            "{},kube=warn,kube_client=off,kube_lease_manager=warn",
+            args.log_level
+        ),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .map_err(|e| Error::LogLevel(format!("{directives:?}: {e}")))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if args.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 /// Runs the operator until SIGTERM/SIGINT. Returns an error when leadership
@@ -129,8 +157,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
     });
 
-    let client = Client::try_default().await.map_err(Error::Connect)?;
-    if !wait_for_crds(&client, shutdown_rx.clone()).await {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::NoCluster(e.to_string()))?;
+    let api_url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| Error::NoCluster(brief(&e)))?;
+    if !wait_for_crds(&client, &api_url, shutdown_rx.clone()).await? {
         return Ok(());
     }
     ready.store(true, Ordering::Release);
@@ -169,10 +201,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .with_field_manager(mahler_api::names::FIELD_MANAGER)
         .build()
         .await
-        .map_err(|source| Error::LeaderElection {
-            lease: format!("{}/{}", args.lease_namespace, args.lease_name),
-            source,
-        })?;
+        .map_err(|source| leader_election_error(&args, source))?;
     let (mut leader, lease_task) = lease.watch().await;
     info!(%identity, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "waiting to become leader");
     let mut shutdown = shutdown_rx.clone();
@@ -210,21 +239,96 @@ pub async fn run(args: Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// Waits until every Mahler CRD is served. Returns false on shutdown.
-async fn wait_for_crds(client: &Client, mut shutdown: watch::Receiver<bool>) -> bool {
+/// Waits until every Mahler CRD is served (the chart installs them first;
+/// by hand they may follow the operator). Returns false on shutdown. An API
+/// server that cannot be reached at the first try, or that refuses the
+/// operator, ends the start-up with one line saying what to do.
+async fn wait_for_crds(
+    client: &Client,
+    api_url: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<bool, Error> {
+    let mut reached = false;
     loop {
         match missing_crds(client).await {
-            Ok(missing) if missing.is_empty() => return true,
-            Ok(missing) => error!(
-                missing = %missing.join(", "),
-                "Mahler CRDs are not installed; install them with `kubectl apply -f crds/` (or `kubectl apply -k manifests/`, or the Helm chart). Retrying in 5s"
-            ),
-            Err(error) => warn!(%error, "cannot reach the Kubernetes API; retrying in 5s"),
+            Ok(missing) if missing.is_empty() => return Ok(true),
+            Ok(missing) => {
+                reached = true;
+                error!(
+                    missing = %missing.join(", "),
+                    "Mahler CRDs are not installed; install them with `kubectl apply -f crds/` (or `kubectl apply -k manifests/`, or the Helm chart). Retrying in 5s"
+                )
+            }
+            Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
+                return Err(Error::Forbidden(status.message.clone()));
+            }
+            Err(error) if !reached => {
+                return Err(Error::Unreachable {
+                    url: api_url.to_string(),
+                    error: brief(&error),
+                });
+            }
+            Err(error) => {
+                warn!(error = %brief(&error), "cannot reach the Kubernetes API; retrying in 5s")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.wait_for(|s| *s) => return false,
+            _ = shutdown.wait_for(|s| *s) => return Ok(false),
         }
+    }
+}
+
+/// One line for a Kubernetes client error: the API server's message and
+/// code rather than the `Status { .. }` dump, or the error with its causes.
+pub fn brief(error: &kube::Error) -> String {
+    if let kube::Error::Api(status) = error {
+        return format!("{} (HTTP {})", status.message, status.code);
+    }
+    let mut line = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line = format!("{line}: {cause}");
+        }
+        source = cause_of(source);
+    }
+    line.replace('\n', " ")
+}
+
+fn cause_of<'a>(
+    error: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    error.and_then(|e| e.source())
+}
+
+fn leader_election_error(args: &Args, source: kube_lease_manager::LeaseManagerError) -> Error {
+    let lease = format!("{}/{}", args.lease_namespace, args.lease_name);
+    match source {
+        kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(status))
+            if status.code == 404 =>
+        {
+            Error::LeaseNamespace {
+                namespace: args.lease_namespace.clone(),
+            }
+        }
+        kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(status))
+            if status.code == 401 || status.code == 403 =>
+        {
+            Error::LeaseForbidden {
+                lease,
+                message: status.message.clone(),
+            }
+        }
+        kube_lease_manager::LeaseManagerError::KubeError(error) => Error::LeaderElection {
+            lease,
+            error: brief(&error),
+        },
+        other => Error::LeaderElection {
+            lease,
+            error: other.to_string(),
+        },
     }
 }
 
@@ -328,15 +432,32 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("connecting to Kubernetes: {0}")]
-    Connect(#[source] kube::Error),
+    #[error(
+        "no Kubernetes cluster to talk to ({0}); set KUBECONFIG or ~/.kube/config, or run the operator in a pod"
+    )]
+    NoCluster(String),
+    #[error(
+        "cannot reach the Kubernetes API at {url} ({error}); is the cluster running, and does KUBECONFIG point at it?"
+    )]
+    Unreachable { url: String, error: String },
+    #[error(
+        "the Kubernetes API refused the operator: {0}; give its identity the operator's ClusterRole (the Helm chart or `kubectl apply -k manifests/` do; see docs/install.md)"
+    )]
+    Forbidden(String),
+    #[error(
+        "leader election needs the namespace {namespace:?} for its Lease, and it does not exist; create it, set --lease-namespace (POD_NAMESPACE) to another, or run a single operator without --leader-elect"
+    )]
+    LeaseNamespace { namespace: String },
+    #[error(
+        "leader election may not use the Lease {lease}: {message}; grant the chart's leader-election Role in that namespace, or run a single operator without --leader-elect"
+    )]
+    LeaseForbidden { lease: String, message: String },
+    #[error("--log-level (MAHLER_LOG_LEVEL) {0}; use error, warn, info, debug or trace")]
+    LogLevel(String),
     #[error("MAHLER_DRIFT_CHECK_INTERVAL: {0:?} is not a duration like 30m or 1h")]
     DriftInterval(String),
-    #[error("leader election on Lease {lease}: {source}")]
-    LeaderElection {
-        lease: String,
-        source: kube_lease_manager::LeaseManagerError,
-    },
+    #[error("leader election on Lease {lease}: {error}")]
+    LeaderElection { lease: String, error: String },
     #[error("leader election stopped")]
     LeaderElectionStopped,
     #[error("lost the leader Lease; exiting so a standby can take over")]

@@ -1,16 +1,33 @@
-//! The CRDs in crds/ are exactly what the types generate; regenerate with
-//! `make crds` after changing a type.
+//! The CRDs in crds/ and in the Helm chart are exactly what the types
+//! generate; regenerate both with `make crds` after changing a type.
 
 #[test]
 fn committed_crds_are_up_to_date() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for crd in mahler_api::all() {
-        let file = dir.join(mahler_api::file_name(&crd));
-        let committed = std::fs::read_to_string(&file).unwrap_or_default();
-        assert!(
-            committed == mahler_api::to_yaml(&crd),
-            "{} is stale: run `make crds` and commit the result",
-            file.display()
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [root.join("crds"), root.join("charts/mahler/crds")] {
+        for crd in mahler_api::all() {
+            let file = dir.join(mahler_api::file_name(&crd));
+            let committed = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(
+                committed == mahler_api::to_yaml(&crd),
+                "{} is stale: run `make crds` and commit the result",
+                file.display()
+            );
+        }
+        let generated = mahler_api::all().len();
+        let files = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".yaml") && name != "kustomization.yaml"
+            })
+            .count();
+        assert_eq!(
+            files,
+            generated,
+            "{} holds CRD files for kinds that no longer exist: run `make crds` and remove them",
+            dir.display()
         );
     }
 }

@@ -5,9 +5,12 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let args = mahler::operator::Args::parse();
-    mahler::operator::init_logging(&args.log_format);
+    if let Err(error) = mahler::operator::init_logging(&args) {
+        eprintln!("mahler-operator: {error}");
+        std::process::exit(2);
+    }
     if let Err(error) = mahler::operator::run(args).await {
-        tracing::error!(%error, "operator stopped");
+        tracing::error!("{error}");
         std::process::exit(1);
     }
 }

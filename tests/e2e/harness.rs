@@ -65,7 +65,25 @@ impl TestEnv {
         let kubectl = tools.join("kubectl");
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let run = |args: &[&str]| kubectl_at(&kubectl, &kubeconfig, args, None);
-        run(&["apply", "-k", root.join("crds").to_str().unwrap()]);
+        // Mahler installed the way users install it: the Helm chart with its
+        // default values (CRDs, ServiceAccount, least-privilege RBAC,
+        // admission policies, the Deployment, whose pods kwok simulates).
+        // The operator under test runs beside the cluster with the chart's
+        // ServiceAccount token, so every test exercises the chart's RBAC.
+        helm(
+            &tools,
+            &kubeconfig,
+            &[
+                "install",
+                "mahler",
+                root.join("charts/mahler").to_str().unwrap(),
+                "--namespace",
+                "mahler-system",
+                "--create-namespace",
+                "--wait",
+                "--timeout=120s",
+            ],
+        );
         run(&[
             "wait",
             "--for=condition=Established",
@@ -74,17 +92,6 @@ impl TestEnv {
             "",
             "--all",
             "--timeout=60s",
-        ]);
-        run(&[
-            "apply",
-            "-f",
-            root.join("manifests/namespace.yaml").to_str().unwrap(),
-            "-f",
-            root.join("manifests/rbac.yaml").to_str().unwrap(),
-            "-f",
-            root.join("manifests/approval-policy.yaml")
-                .to_str()
-                .unwrap(),
         ]);
         let token = run(&[
             "create",
@@ -138,7 +145,8 @@ impl TestEnv {
         env
     }
 
-    /// Starts the operator process (leader election on, 2 s resync).
+    /// Starts the operator process (leader election on, as the chart runs
+    /// it; 2 s resync).
     pub fn start_operator(&self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -152,6 +160,7 @@ impl TestEnv {
                 format!("127.0.0.1:{}", self.metrics_port),
             )
             .env("MAHLER_RESYNC_SECONDS", "2")
+            .env("MAHLER_LEADER_ELECT", "true")
             .env("MAHLER_LEASE_SECONDS", "6")
             .env("POD_NAMESPACE", "mahler-system")
             .env("RUST_LOG", "info,mahler=debug,kube=warn")
@@ -233,6 +242,12 @@ impl TestEnv {
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|e| e["user"]["username"] == OPERATOR_USER)
+            .filter(|e| {
+                matches!(
+                    e["verb"].as_str(),
+                    Some("create" | "update" | "patch" | "delete" | "deletecollection")
+                )
+            })
             .filter(|e| e["objectRef"]["resource"] != "leases")
             .collect()
     }
@@ -308,6 +323,29 @@ fn kubectl_at(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&s
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the suite's helm (built by hack/tools.sh) against the test cluster.
+pub fn helm(tools: &Path, kubeconfig: &Path, args: &[&str]) -> String {
+    let out = helm_output(tools, kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn helm_output(tools: &Path, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(tools.join("helm"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        // Keep helm's caches and config out of the user's home.
+        .env("HELM_CACHE_HOME", kubeconfig.with_file_name("helm/cache"))
+        .env("HELM_CONFIG_HOME", kubeconfig.with_file_name("helm/config"))
+        .env("HELM_DATA_HOME", kubeconfig.with_file_name("helm/data"))
+        .output()
+        .expect("run helm")
 }
 
 fn free_port() -> u16 {
