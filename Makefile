@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build tools crds cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
+.PHONY: all build tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
 
 all: build
 
@@ -16,6 +16,15 @@ tools:
 
 crds:
 	$(CARGO) run --quiet -p mahler-api --bin crdgen
+
+# The kustomize bundle and the Argo CD health ConfigMap, rendered from the
+# chart (a test fails when they are stale).
+manifests:
+	hack/manifests.sh
+
+# The operator image (buildah, no daemon): docs/install.md.
+image: tools build
+	hack/image.sh target/release/mahler-operator
 
 cluster: tools
 	@hack/cluster.sh up mahler
@@ -50,6 +59,7 @@ validate-templates: tools
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --test e2e -- -D warnings
 	hack/deps.sh
 
 fmt:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: the local cluster, the CRDs, the operator (in the background,
-# log in .cluster/mahler/operator.log) and manifests/examples, then
+# `make run`: the local cluster, Mahler installed by its Helm chart (CRDs,
+# RBAC, admission policies; kwok simulates the Deployment's pods), the
+# operator itself beside the cluster (in the background, log in
+# .cluster/mahler/operator.log) and manifests/examples, then
 # `kubectl get mahler` once everything is Ready. `make stop` ends it all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +13,9 @@ kubectl=$tools/kubectl
 eval "$(hack/cluster.sh up mahler)"
 dir=$(dirname "$KUBECONFIG")
 
-"$kubectl" apply -k crds/ >/dev/null
+HELM_CACHE_HOME=$dir/helm/cache HELM_CONFIG_HOME=$dir/helm/config HELM_DATA_HOME=$dir/helm/data \
+  "$tools/helm" upgrade --install mahler charts/mahler --namespace mahler-system --create-namespace \
+  --wait --timeout 120s >/dev/null
 "$kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
 if [[ -f $dir/operator.pid ]] && kill -0 "$(cat "$dir/operator.pid")" 2>/dev/null; then

@@ -33,3 +33,7 @@ if ! cargo test --test e2e -- ${E2E_FILTER:-} --test-threads="${E2E_THREADS:-4}"
   tail -n 80 "$MAHLER_TEST_DIR/operator.log" || true
   exit 1
 fi
+if [[ -z ${E2E_FILTER:-} ]]; then
+  echo ">> least privilege: the chart's ClusterRole against the whole run's audit log"
+  cargo test --test e2e -- --ignored rbac:: --test-threads=1
+fi

@@ -423,3 +423,16 @@ pub fn has_reason<K: Resource>(
         })
     }
 }
+
+/// The condition `type_` has `status` (any generation).
+pub fn condition_is<K: Resource>(
+    type_: &'static str,
+    status: &'static str,
+    status_of: impl Fn(&K) -> Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> impl Condition<K> {
+    move |obj: Option<&K>| {
+        obj.is_some_and(|o| {
+            status_of(o).is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == status))
+        })
+    }
+}

@@ -2,14 +2,19 @@
 //! Run with `make test`. Each test is a user story: apply manifests, expect
 //! objects and status.
 
+mod chart;
+mod gitops;
 mod harness;
+mod image;
+mod rbac;
 mod reporting;
+mod startup;
 mod terraform;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use harness::{env, exclusive, has_reason, is_ready, shared, wait_deleted, wait_for};
+use harness::{condition_is, env, exclusive, has_reason, is_ready, shared, wait_deleted, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -837,4 +842,58 @@ async fn the_install_bundle_is_accepted_by_the_api_server() {
     ] {
         assert!(out.contains(kind), "{kind} missing from:\n{out}");
     }
+}
+
+#[tokio::test]
+async fn dropping_ports_or_a_connection_target_removes_what_they_made() {
+    let _guard = shared().await;
+    let env = env();
+    let client = env.client().await;
+    let ns = project_with_env(&client, "shrink").await;
+    env.apply(&service_yaml(
+        &ns,
+        "web",
+        "web:1",
+        "[{name: http, port: 80}]",
+    ));
+    env.apply(&service_yaml(
+        &ns,
+        "db",
+        "pg:16",
+        "[{name: pg, port: 5432}]",
+    ));
+    env.apply(&connection_yaml(&ns, "web-db", "web", "db", 5432));
+    let connections: Api<Connection> = Api::namespaced(client.clone(), &ns);
+    let policy = wait_for(
+        &connections,
+        "web-db",
+        "Connection Ready",
+        is_ready(conn_conditions),
+    )
+    .await
+    .status
+    .unwrap()
+    .network_policy
+    .expect("a NetworkPolicy");
+    let kube_services: Api<KubeService> = Api::namespaced(client.clone(), &ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    assert!(kube_services.get_opt("web").await.unwrap().is_some());
+    assert!(policies.get_opt(&policy).await.unwrap().is_some());
+
+    // A Service without ports has no Kubernetes Service.
+    env.apply(&service_yaml(&ns, "web", "web:1", "[]"));
+    wait_deleted(&kube_services, "web").await;
+
+    // A Connection whose target is gone admits nothing: its policy goes,
+    // and it says why.
+    env.kubectl(&["delete", "service.mahler.dev", "db", "-n", &ns]);
+    wait_deleted(&policies, &policy).await;
+    wait_for(
+        &connections,
+        "web-db",
+        "Stalled: target missing",
+        condition_is("Stalled", "True", conn_conditions),
+    )
+    .await;
+    env.kubectl(&["delete", "project", "shrink", "--wait=false"]);
 }

@@ -4,7 +4,6 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
-use kube::runtime::wait::Condition as _;
 use mahler_api::{Environment, Project, Service};
 
 use crate::harness::{env, is_ready, shared, wait_for};

@@ -12,7 +12,9 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use mahler_api::{ResourceTemplate, Service};
 
-use crate::harness::{env, exclusive, has_reason, is_ready, shared, wait_deleted, wait_for};
+use crate::harness::{
+    condition_is, env, exclusive, has_reason, is_ready, shared, wait_deleted, wait_for,
+};
 use crate::{project_with_env, svc_conditions};
 
 fn tpl_conditions(
@@ -378,13 +380,12 @@ async fn drift_is_detected_and_corrected_or_held() {
         "{message}"
     );
     // Hold: reported as a condition, nothing changed.
-    let held = wait_for(&services, "hold", "Drifted", |s: Option<&Service>| {
-        s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
-            st.conditions
-                .iter()
-                .any(|c| c.type_ == "Drifted" && c.status == "True")
-        })
-    })
+    let held = wait_for(
+        &services,
+        "hold",
+        "Drifted",
+        condition_is("Drifted", "True", svc_conditions),
+    )
     .await;
     let st = held.status.unwrap();
     assert!(
@@ -412,13 +413,7 @@ async fn drift_is_detected_and_corrected_or_held() {
         &services,
         "hold",
         "drift resolved",
-        |s: Option<&Service>| {
-            s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
-                st.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Drifted" && c.status == "False")
-            })
-        },
+        condition_is("Drifted", "False", svc_conditions),
     )
     .await;
     assert!(configmaps.get_opt("hold-settings").await.unwrap().is_some());

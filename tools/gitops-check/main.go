@@ -21,6 +21,7 @@ import (
 
 	lua "github.com/yuin/gopher-lua"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -89,8 +90,9 @@ func read(in io.Reader) ([]*unstructured.Unstructured, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Integers as int64, as client-go decodes objects (kstatus insists).
 	var top map[string]interface{}
-	if err := json.Unmarshal(data, &top); err != nil {
+	if err := utiljson.Unmarshal(data, &top); err != nil {
 		return nil, fmt.Errorf("stdin is not a JSON object: %w", err)
 	}
 	u := &unstructured.Unstructured{Object: top}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds the operator image with buildah (no daemon, no base image pulls):
+#
+#   hack/image.sh [OPERATOR_BINARY] [TAG]
+#
+# OPERATOR_BINARY defaults to target/release/mahler-operator (`make image`);
+# TAG to localhost/mahler-operator:<crate version>. Prints the image ID.
+# Needs root or a user namespace (buildah), and Debian's buildah package.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-$root/target/release/mahler-operator}
+version=$(awk -F'"' '/^version/ {print $2; exit}' "$root/Cargo.toml")
+tag=${2:-localhost/mahler-operator:$version}
+ctx=${MAHLER_IMAGE_CONTEXT:-$root/target/image/context}
+command -v buildah >/dev/null || { echo "buildah is not installed: apt-get install buildah" >&2; exit 1; }
+[[ -x $bin ]] || { echo "no operator binary at $bin: run \`make build\`" >&2; exit 1; }
+
+tools=$("$root/hack/tools.sh" dir tofu)
+mirror=$("$root/hack/tools.sh" mirror)
+rm -rf "$ctx"
+rootfs=$ctx/rootfs
+mkdir -p "$rootfs"/{usr/local/bin,usr/bin,usr/lib/git-core,usr/share/mahler,etc/ssl/certs,var/lib/mahler,tmp,lib,lib64}
+
+# Binaries. The operator is stripped (a debug build carries debug info).
+cp "$bin" "$rootfs/usr/local/bin/mahler-operator"
+strip "$rootfs/usr/local/bin/mahler-operator" 2>/dev/null || true
+cp -L "$tools/tofu" "$rootfs/usr/local/bin/tofu"
+cp /usr/bin/git "$rootfs/usr/bin/git"
+for helper in git-remote-http git-remote-https; do
+  cp /usr/lib/git-core/$helper "$rootfs/usr/lib/git-core/$helper"
+done
+# The provider mirror (hard links inside it are kept).
+cp -a "$mirror" "$rootfs/usr/share/mahler/providers"
+rm -f "$rootfs/usr/share/mahler/providers/.complete"
+
+# The shared libraries every binary loads (tofu is static), at the paths the
+# dynamic loader looks them up.
+for b in "$rootfs/usr/local/bin/mahler-operator" "$rootfs/usr/bin/git" "$rootfs"/usr/lib/git-core/*; do
+  ldd "$b" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib/ {print $1}' | grep '^/' || true
+done | sort -u | while read -r lib; do
+  mkdir -p "$rootfs$(dirname "$lib")"
+  cp -L "$lib" "$rootfs$lib"
+  # The loader resolves /lib/x86_64-linux-gnu via the usrmerge layout too.
+done
+if [[ -d $rootfs/usr/lib/x86_64-linux-gnu ]]; then
+  mkdir -p "$rootfs/lib/x86_64-linux-gnu"
+  cp -a "$rootfs/usr/lib/x86_64-linux-gnu/." "$rootfs/lib/x86_64-linux-gnu/"
+  rm -rf "$rootfs/usr/lib/x86_64-linux-gnu"
+fi
+
+cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
+cat >"$rootfs/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/sbin/nologin
+mahler:x:65532:65532:mahler:/var/lib/mahler:/sbin/nologin
+PASSWD
+cat >"$rootfs/etc/group" <<'GROUP'
+root:x:0:
+mahler:x:65532:
+GROUP
+echo "hosts: files dns" >"$rootfs/etc/nsswitch.conf"
+chmod 1777 "$rootfs/tmp"
+touch "$rootfs/var/lib/mahler/.keep" "$rootfs/tmp/.keep"
+
+buildah --storage-driver vfs --isolation chroot bud --quiet \
+  --layers -f "$root/Containerfile" -t "$tag" "$ctx" >/dev/null
+buildah --storage-driver vfs rmi --prune >/dev/null 2>&1 || true
+buildah --storage-driver vfs images --noheading --format '{{.ID}}' "$tag"
+echo "built $tag" >&2

@@ -1,0 +1,207 @@
+//! Least privilege, proven: the chart's ClusterRole grants exactly the
+//! verbs the operator used during the whole end-to-end run, as the API
+//! server's audit log recorded them (hack/cluster.sh logs every request of
+//! the operator's ServiceAccount). `hack/test.sh` runs this after the suite:
+//!
+//!     cargo test --test e2e -- --ignored rbac::
+//!
+//! A verb nobody used fails it (the role grew), and so does a request the
+//! API server denied (the role is too small).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::harness::OPERATOR_USER;
+
+/// Rules the API server checks without the operator ever calling them.
+/// Only these may go unseen in the audit log.
+const AUTHORIZATION_ONLY: &[(&str, &str, &str, &str)] = &[
+    // OwnerReferencesPermissionEnforcement (OpenShift, hardened clusters):
+    // setting blockOwnerDeletion on an owned object needs `update` on the
+    // owner's finalizers subresource.
+    (
+        "mahler.dev",
+        "projects/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "mahler.dev",
+        "environments/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "mahler.dev",
+        "services/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+    (
+        "mahler.dev",
+        "connections/finalizers",
+        "update",
+        "blockOwnerDeletion",
+    ),
+];
+
+type Grant = (String, String, String); // (apiGroup, resource[/subresource], verb)
+
+fn grants(role: &Value) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for field in ["apiGroups", "resources", "verbs"] {
+            for v in rule[field].as_array().unwrap() {
+                assert_ne!(v, "*", "a wildcard in {}: {rule}", role["metadata"]["name"]);
+            }
+        }
+        assert!(
+            rule.get("nonResourceURLs").is_none(),
+            "non-resource URLs in the role: {rule}"
+        );
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    out.insert((
+                        g.as_str().unwrap().to_string(),
+                        r.as_str().unwrap().to_string(),
+                        v.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the audit log of a whole run: hack/test.sh runs it after the suite"]
+fn cluster_role_matches_the_api_calls_of_a_whole_run() {
+    let dir = PathBuf::from(std::env::var("MAHLER_TEST_DIR").expect("run by hack/test.sh"));
+    let tools = PathBuf::from(std::env::var("MAHLER_TOOLS_DIR").expect("run by hack/test.sh"));
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/mahler");
+    let rendered = crate::harness::helm(
+        &tools,
+        &dir.join("kubeconfig"),
+        &[
+            "template",
+            "mahler",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "mahler-system",
+        ],
+    );
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .filter_map(|d| {
+            let v: Value = serde::Deserialize::deserialize(d).unwrap();
+            (!v.is_null()).then_some(v)
+        })
+        .collect();
+    let role_of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("the chart renders no {kind}"))
+    };
+    let cluster = grants(role_of("ClusterRole"));
+    let leader = grants(role_of("Role"));
+
+    let audit_log = std::fs::read_dir(dir.join("clusters"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("logs/audit.log");
+    let text = std::fs::read_to_string(&audit_log).expect("audit log");
+    // (grant, namespace) → how often, and every denied request.
+    let mut seen_cluster: BTreeMap<Grant, usize> = BTreeMap::new();
+    let mut seen_leader: BTreeMap<Grant, usize> = BTreeMap::new();
+    let mut denied = BTreeSet::new();
+    let mut calls = 0;
+    for event in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if event["user"]["username"] != OPERATOR_USER || event["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let obj = &event["objectRef"];
+        let Some(resource) = obj["resource"].as_str() else {
+            continue; // non-resource URLs (/version, /api discovery) need no grant
+        };
+        calls += 1;
+        let resource = match obj["subresource"].as_str() {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_string(),
+        };
+        let grant = (
+            obj["apiGroup"].as_str().unwrap_or("").to_string(),
+            resource,
+            event["verb"].as_str().unwrap().to_string(),
+        );
+        // Denied by authorization (a quota or an admission policy also
+        // answers 403, after RBAC allowed the request).
+        if event["annotations"]["authorization.k8s.io/decision"] == "forbid" {
+            denied.insert(format!(
+                "{} {} in {:?}: {}",
+                grant.2,
+                grant.1,
+                obj["namespace"].as_str().unwrap_or("(cluster)"),
+                event["responseStatus"]["message"].as_str().unwrap_or("")
+            ));
+            continue;
+        }
+        let in_lease_namespace =
+            obj["namespace"] == "mahler-system" && grant.1 == "leases" && leader.contains(&grant);
+        let seen = if in_lease_namespace {
+            &mut seen_leader
+        } else {
+            &mut seen_cluster
+        };
+        // A server-side apply that creates the object (201) is a patch in
+        // the audit log, and the API server also authorizes it as `create`.
+        if grant.2 == "patch" && event["responseStatus"]["code"] == 201 {
+            let created = (grant.0.clone(), grant.1.clone(), "create".to_string());
+            *seen.entry(created).or_default() += 1;
+        }
+        *seen.entry(grant).or_default() += 1;
+    }
+    assert!(
+        calls > 1000,
+        "only {calls} operator calls in {}: is the audit policy logging reads?",
+        audit_log.display()
+    );
+    assert!(
+        denied.is_empty(),
+        "the API server denied the operator (the chart's ClusterRole is too small):\n{}",
+        denied.into_iter().collect::<Vec<_>>().join("\n")
+    );
+    let exempt: BTreeSet<Grant> = AUTHORIZATION_ONLY
+        .iter()
+        .map(|(g, r, v, _)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    let unused: Vec<_> = cluster
+        .iter()
+        .filter(|g| !seen_cluster.contains_key(*g) && !exempt.contains(*g))
+        .collect();
+    let unused_leader: Vec<_> = leader
+        .iter()
+        .filter(|g| !seen_leader.contains_key(*g))
+        .collect();
+    let beyond: Vec<_> = seen_cluster
+        .keys()
+        .filter(|g| !cluster.contains(*g))
+        .collect();
+    eprintln!("operator calls by grant (ClusterRole): {seen_cluster:#?}");
+    eprintln!("operator calls by grant (leader-election Role): {seen_leader:#?}");
+    assert!(
+        unused.is_empty() && unused_leader.is_empty(),
+        "the chart grants verbs the operator never used in a whole run; remove them, or exercise them in a test:\nClusterRole: {unused:#?}\nRole: {unused_leader:#?}"
+    );
+    assert!(
+        beyond.is_empty(),
+        "calls outside the ClusterRole that were not denied: {beyond:#?}"
+    );
+}
