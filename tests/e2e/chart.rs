@@ -269,6 +269,23 @@ async fn deployment_is_hardened_and_the_pdb_follows_replicas() {
         find(&single, "PodDisruptionBudget").is_none(),
         "1 replica: no PDB (it would block node drains)"
     );
+    // Templates that create other kinds: rbac.extraRules joins the role.
+    let extra = documents(&run_helm(&[
+        "template",
+        "mahler",
+        &chart(),
+        "--set-json",
+        r#"rbac.extraRules=[{"apiGroups":[""],"resources":["persistentvolumeclaims"],"verbs":["get","create"]}]"#,
+    ]));
+    let extra_rules = find(&extra, "ClusterRole").unwrap()["rules"]
+        .as_array()
+        .unwrap();
+    assert!(
+        extra_rules
+            .iter()
+            .any(|r| r["resources"][0] == "persistentvolumeclaims" && r["verbs"][1] == "create"),
+        "{extra_rules:?}"
+    );
     let rules = &find(&docs, "ClusterRole").unwrap()["rules"];
     for rule in rules.as_array().unwrap() {
         for field in ["apiGroups", "resources", "verbs"] {

@@ -163,6 +163,19 @@ async fn kstatus_and_argocd_read_live_mahler_objects() {
     ]))
     .unwrap();
 
+    // kstatus calls an object without status Current too: a Current that
+    // counts is one whose status describes the current generation.
+    for list in [&live, &scoped] {
+        for item in list["items"].as_array().unwrap() {
+            let name = item["metadata"]["name"].as_str().unwrap();
+            if name != "leaving" {
+                assert_eq!(
+                    item["status"]["observedGeneration"], item["metadata"]["generation"],
+                    "{name}: status is for an older generation"
+                );
+            }
+        }
+    }
     let ks = kstatus(&live);
     assert_eq!(status_of(&ks, "web"), "Current", "{ks:?}");
     assert_eq!(status_of(&ks, "waits"), "InProgress", "{ks:?}");
@@ -260,6 +273,55 @@ async fn argocd_script_and_kstatus_agree_on_samples() {
         );
     }
     assert_eq!(argo["stalled"].1, "TargetMissing: TargetMissing message");
+
+    // A second opinion: the reference Lua interpreter (Debian's lua5.4).
+    for item in samples["items"].as_array().unwrap() {
+        let name = item["metadata"]["name"].as_str().unwrap();
+        let out = Command::new("lua5.4")
+            .arg("-e")
+            .arg(format!("obj = {}", lua_literal(item)))
+            .arg("-e")
+            .arg(format!(
+                "local r = dofile({:?}) print(r.status) print(r.message or '')",
+                script().to_str().unwrap()
+            ))
+            .output()
+            .expect("lua5.4 is not installed: `apt-get install lua5.4`");
+        assert!(
+            out.status.success(),
+            "lua5.4 on {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        assert_eq!(
+            (lines.next().unwrap_or(""), lines.next().unwrap_or("")),
+            (argo[name].0.as_str(), argo[name].1.as_str()),
+            "lua5.4 and gopher-lua disagree on {name}"
+        );
+    }
+}
+
+/// A JSON value as a Lua table constructor.
+fn lua_literal(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        // Rust's escapes (\n, \", \\, \u{..}) are Lua 5.4's too.
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(a) => format!(
+            "{{{}}}",
+            a.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 #[tokio::test]
