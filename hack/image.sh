@@ -18,24 +18,29 @@ command -v buildah >/dev/null || { echo "buildah is not installed: apt-get insta
 tools=$("$root/hack/tools.sh" dir tofu)
 mirror=$("$root/hack/tools.sh" mirror)
 rm -rf "$ctx"
-rootfs=$ctx/rootfs
-mkdir -p "$rootfs"/{usr/local/bin,usr/bin,usr/lib/git-core,usr/share/mahler,etc/ssl/certs,var/lib/mahler,tmp,lib,lib64}
+# Three trees, one image layer each (see Containerfile): base, tofu, operator;
+# and work, the operator's writable directory.
+rootfs=$ctx/layers/base
+tofufs=$ctx/layers/tofu
+opfs=$ctx/layers/operator
+mkdir -p "$rootfs"/{usr/bin,usr/lib/git-core,etc/ssl/certs,tmp,lib,lib64} \
+  "$tofufs"/usr/local/bin "$tofufs"/usr/share/mahler "$opfs"/usr/local/bin "$ctx/layers/work"
 
 # Binaries. The operator is stripped (a debug build carries debug info).
-cp "$bin" "$rootfs/usr/local/bin/mahler-operator"
-strip "$rootfs/usr/local/bin/mahler-operator" 2>/dev/null || true
-cp -L "$tools/tofu" "$rootfs/usr/local/bin/tofu"
+cp "$bin" "$opfs/usr/local/bin/mahler-operator"
+strip "$opfs/usr/local/bin/mahler-operator" 2>/dev/null || true
+cp -L "$tools/tofu" "$tofufs/usr/local/bin/tofu"
 cp /usr/bin/git "$rootfs/usr/bin/git"
 for helper in git-remote-http git-remote-https; do
   cp /usr/lib/git-core/$helper "$rootfs/usr/lib/git-core/$helper"
 done
 # The provider mirror (hard links inside it are kept).
-cp -a "$mirror" "$rootfs/usr/share/mahler/providers"
-rm -f "$rootfs/usr/share/mahler/providers/.complete"
+cp -a "$mirror" "$tofufs/usr/share/mahler/providers"
+rm -f "$tofufs/usr/share/mahler/providers/.complete"
 
 # The shared libraries every binary loads (tofu is static), at the paths the
 # dynamic loader looks them up.
-for b in "$rootfs/usr/local/bin/mahler-operator" "$rootfs/usr/bin/git" "$rootfs"/usr/lib/git-core/*; do
+for b in "$opfs/usr/local/bin/mahler-operator" "$rootfs/usr/bin/git" "$rootfs"/usr/lib/git-core/*; do
   ldd "$b" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib/ {print $1}' | grep '^/' || true
 done | sort -u | while read -r lib; do
   mkdir -p "$rootfs$(dirname "$lib")"
@@ -59,7 +64,7 @@ mahler:x:65532:
 GROUP
 echo "hosts: files dns" >"$rootfs/etc/nsswitch.conf"
 chmod 1777 "$rootfs/tmp"
-touch "$rootfs/var/lib/mahler/.keep" "$rootfs/tmp/.keep"
+touch "$ctx/layers/work/.keep"
 
 buildah --storage-driver vfs --isolation chroot bud --quiet \
   --layers -f "$root/Containerfile" -t "$tag" "$ctx" >/dev/null

@@ -104,18 +104,24 @@ struct Health {
 /// Logging to stderr. A bare level quiets the chatty client crates to warn;
 /// a filter with directives of its own is taken as written.
 pub fn init_logging(args: &Args) -> Result<(), Error> {
-    let directives = match std::env::var("RUST_LOG") {
-        Ok(filter) if !filter.is_empty() => filter,
-        _ if args.log_level.contains(['=', ',']) => args.log_level.clone(),
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty());
+    let source = if rust_log.is_some() {
+        "RUST_LOG"
+    } else {
+        "--log-level (MAHLER_LOG_LEVEL)"
+    };
+    let directives = match rust_log {
+        Some(filter) => filter,
+        None if args.log_level.contains(['=', ',']) => args.log_level.clone(),
         // kube_client logs each failed request itself; the operator reports
         // those errors with their context, once.
-        _ => format!(
+        None => format!(
             "{},kube=warn,kube_client=off,kube_lease_manager=warn",
             args.log_level
         ),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .map_err(|e| Error::LogLevel(format!("{directives:?}: {e}")))?;
+        .map_err(|e| Error::LogLevel(format!("{source} {directives:?}: {e}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -131,6 +137,10 @@ pub fn init_logging(args: &Args) -> Result<(), Error> {
 /// Runs the operator until SIGTERM/SIGINT. Returns an error when leadership
 /// is lost (the process should exit and be restarted as a standby).
 pub async fn run(args: Args) -> Result<(), Error> {
+    // Flags first: a bad value ends the start-up before anything is served.
+    let drift_check_interval =
+        mahler_core::terraform::parse_duration(&args.drift_check_interval)
+            .ok_or_else(|| Error::DriftInterval(args.drift_check_interval.clone()))?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -172,10 +182,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         cluster_domain: args.cluster_domain.clone(),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         concurrency: args.concurrency.max(1),
-        drift_check_interval: Some(
-            mahler_core::terraform::parse_duration(&args.drift_check_interval)
-                .ok_or_else(|| Error::DriftInterval(args.drift_check_interval.clone()))?,
-        ),
+        drift_check_interval: Some(drift_check_interval),
     };
     let engine = start_engine(&args, &client, &metrics).await;
 
@@ -241,14 +248,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
 
 /// Waits until every Mahler CRD is served (the chart installs them first;
 /// by hand they may follow the operator). Returns false on shutdown. An API
-/// server that cannot be reached at the first try, or that refuses the
-/// operator, ends the start-up with one line saying what to do.
+/// server that refuses the operator ends the start-up with one line saying
+/// what to do, and so does one that cannot be reached at the first try when
+/// the operator runs by hand. In a pod, and for API errors such as 429 or
+/// 5xx, it retries: the API server may be restarting.
 async fn wait_for_crds(
     client: &Client,
     api_url: &str,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<bool, Error> {
     let mut reached = false;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     loop {
         match missing_crds(client).await {
             Ok(missing) if missing.is_empty() => return Ok(true),
@@ -262,7 +272,7 @@ async fn wait_for_crds(
             Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
                 return Err(Error::Forbidden(status.message.clone()));
             }
-            Err(error) if !reached => {
+            Err(error) if !reached && !in_cluster && !matches!(error, kube::Error::Api(_)) => {
                 return Err(Error::Unreachable {
                     url: api_url.to_string(),
                     error: brief(&error),
@@ -452,9 +462,11 @@ pub enum Error {
         "leader election may not use the Lease {lease}: {message}; grant the chart's leader-election Role in that namespace, or run a single operator without --leader-elect"
     )]
     LeaseForbidden { lease: String, message: String },
-    #[error("--log-level (MAHLER_LOG_LEVEL) {0}; use error, warn, info, debug or trace")]
+    #[error("{0}; use error, warn, info, debug or trace, or a filter like info,mahler=debug")]
     LogLevel(String),
-    #[error("MAHLER_DRIFT_CHECK_INTERVAL: {0:?} is not a duration like 30m or 1h")]
+    #[error(
+        "--drift-check-interval (MAHLER_DRIFT_CHECK_INTERVAL) {0:?} is not a duration like 30m, 1h or 0s (s, m, h)"
+    )]
     DriftInterval(String),
     #[error("leader election on Lease {lease}: {error}")]
     LeaderElection { lease: String, error: String },

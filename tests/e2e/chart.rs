@@ -137,13 +137,26 @@ async fn invalid_values_are_refused_naming_the_field() {
             "terraform.driftCheckInterval=soon",
             "/terraform/driftCheckInterval",
         ),
-        ("rbac.extraRules[0].apiGroups[0]=*", "/rbac/extraRules/0"),
+        (
+            r#"rbac.extraRules=[{"apiGroups":["*"],"resources":["pods"],"verbs":["get"]}]"#,
+            "/rbac/extraRules/0/apiGroups/0",
+        ),
+        (
+            r#"rbac.extraRules=[{"apiGroups":[""],"resources":["pods"],"verbs":["*"]}]"#,
+            "/rbac/extraRules/0/verbs/0",
+        ),
+        ("podLabels.app\\.kubernetes\\.io/name=x", "/podLabels"),
         ("replicass=2", "replicass"),
     ] {
+        let flag = if set.starts_with("rbac") {
+            "--set-json"
+        } else {
+            "--set"
+        };
         let out = helm_output(
             &env().tools,
             &env().kubeconfig,
-            &["template", "mahler", &chart, "--set", set],
+            &["template", "mahler", &chart, flag, set],
         );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--set {set} was accepted");
@@ -213,6 +226,7 @@ async fn rendered_chart_passes_a_server_side_dry_run_under_restricted_pod_securi
         "deployment.apps/dry-operator",
         "clusterrole.rbac.authorization.k8s.io/dry-operator",
         "validatingadmissionpolicy.admissionregistration.k8s.io/dry-plan-approval",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/dry-operator-scope",
         "poddisruptionbudget.policy/dry-operator",
     ] {
         assert!(stdout.contains(kind), "{kind} missing from: {stdout}");
@@ -389,8 +403,15 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
     );
     let history = run_helm(&["history", "mahler", "-n", "mahler-system", "-o", "json"]);
     let history: Value = serde_json::from_str(&history).unwrap();
-    let last = history.as_array().unwrap().last().unwrap();
+    let revisions = history.as_array().unwrap();
+    let last = revisions.last().unwrap();
+    let previous = &revisions[revisions.len() - 2];
     assert_eq!(last["status"], "deployed", "{last}");
+    assert_eq!(previous["chart"], "mahler-0.1.0", "{previous}");
+    assert_ne!(
+        last["chart"], previous["chart"],
+        "an upgrade to a newer chart"
+    );
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "mahler-system");
     let d = deployments.get("mahler-operator").await.unwrap();
@@ -443,4 +464,35 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
         "--timeout=120s",
     ]);
     e.kubectl(&["delete", "project", "upgrade", "--wait=false"]);
+}
+
+#[tokio::test]
+async fn operator_writes_stay_inside_environment_namespaces() {
+    let _g = shared().await;
+    let e = env();
+    let client = e.client().await;
+    let ns = crate::project_with_env(&client, "scope").await;
+    let user = crate::harness::OPERATOR_USER;
+    let says = "writes only in Environment namespaces";
+    // Allowed by the ClusterRole, refused by the chart's admission policy.
+    for args in [
+        vec!["create", "configmap", "scope-test", "-n", "default"],
+        vec!["create", "configmap", "scope-test", "-n", "kube-system"],
+        vec![
+            "label",
+            "namespace",
+            "default",
+            "mahler.dev/environment=fake",
+        ],
+    ] {
+        let (ok, stderr) = e.kubectl_as(user, &args);
+        assert!(!ok, "the operator's identity may not {args:?}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // Inside an Environment's namespace it may.
+    let (ok, stderr) = e.kubectl_as(user, &["create", "configmap", "scope-test", "-n", &ns]);
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = e.kubectl_as(user, &["delete", "configmap", "scope-test", "-n", &ns]);
+    assert!(ok, "{stderr}");
+    e.kubectl(&["delete", "project", "scope", "--wait=false"]);
 }

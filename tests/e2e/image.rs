@@ -100,6 +100,15 @@ async fn operator_image_is_minimal_non_root_and_runs() {
         let work = std::fs::metadata(mount.join("var/lib/mahler")).unwrap();
         assert_eq!(work.uid(), 65532, "/var/lib/mahler must be the operator's");
     }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = std::fs::metadata(mount.join("tmp")).unwrap();
+        assert_eq!(
+            tmp.permissions().mode() & 0o7777,
+            0o1777,
+            "/tmp must be world-writable and sticky"
+        );
+    }
     buildah(&["umount", &container]);
 
     // Run from the image's root filesystem, as the image's user.
@@ -114,6 +123,54 @@ async fn operator_image_is_minimal_non_root_and_runs() {
     );
     assert!(run(&["/usr/local/bin/tofu", "version"]).contains("OpenTofu v1.12"));
     assert!(run(&["/usr/bin/git", "--version"]).starts_with("git version"));
+
+    // OpenTofu works from the image as the image's user: init from the
+    // image's provider mirror (offline), then an apply that starts the
+    // provider plugin (a Unix socket under TMPDIR).
+    let ws = e.dir.join("image-workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(
+        ws.join("main.tf"),
+        "terraform {\n  required_providers {\n    random = { source = \"hashicorp/random\" }\n  }\n}\nresource \"random_id\" \"x\" { byte_length = 4 }\noutput \"id\" { value = random_id.x.hex }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.join("cli.tfrc"),
+        "provider_installation {\n  filesystem_mirror {\n    path = \"/usr/share/mahler/providers\"\n  }\n}\n",
+    )
+    .unwrap();
+    buildah(&[
+        "copy",
+        "--chown",
+        "65532:65532",
+        &container,
+        ws.to_str().unwrap(),
+        "/var/lib/mahler/ws",
+    ]);
+    let tofu = |args: &[&str]| {
+        let mut all = vec![
+            "run",
+            "--isolation",
+            "chroot",
+            "--workingdir",
+            "/var/lib/mahler/ws",
+            "-e",
+            "TF_CLI_CONFIG_FILE=/var/lib/mahler/ws/cli.tfrc",
+            "-e",
+            "TMPDIR=/tmp",
+            &container,
+            "--",
+            "/usr/local/bin/tofu",
+        ];
+        all.extend_from_slice(args);
+        buildah(&all)
+    };
+    tofu(&["init", "-input=false", "-no-color"]);
+    let applied = tofu(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(
+        applied.contains("Apply complete! Resources: 1 added"),
+        "{applied}"
+    );
 
     buildah(&["rm", &container]);
     buildah(&["rmi", &tag]);

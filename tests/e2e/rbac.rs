@@ -124,7 +124,15 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
     {
-        if event["user"]["username"] != OPERATOR_USER || event["stage"] != "ResponseComplete" {
+        // One line per request: its ResponseComplete, except for watches,
+        // which complete only when they end (the operator still runs).
+        let watch = event["verb"] == "watch";
+        let stage = if watch {
+            "ResponseStarted"
+        } else {
+            "ResponseComplete"
+        };
+        if event["user"]["username"] != OPERATOR_USER || event["stage"] != stage {
             continue;
         }
         let obj = &event["objectRef"];
