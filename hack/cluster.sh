@@ -30,14 +30,15 @@ up() {
     "$kwokctl" delete cluster --name "$name" >/dev/null 2>&1 || true
     cat > "$dir/audit-policy.yaml" <<'YAML'
 # Writes only, at Metadata level: tests count the operator's writes here.
-# Every request of the chart's operator ServiceAccount, reads and Leases
-# too: a test compares them with the verbs its ClusterRole grants.
+# Every request of a ServiceAccount (the chart's operator, each environment's
+# OpenTofu identity), reads and Leases too: a test compares them with the
+# verbs their roles grant.
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
-  users: ["system:serviceaccount:mahler-system:mahler-operator"]
+  userGroups: ["system:serviceaccounts"]
 - level: None
   verbs: [get, list, watch]
 - level: None

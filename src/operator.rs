@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use mahler_controller::metrics::Metrics;
+use mahler_controller::terraform_identity::TerraformIdentity;
 use mahler_controller::{self as controller, Settings};
 use mahler_engine::{Engine, EngineConfig};
 
@@ -77,6 +78,18 @@ pub struct Args {
     /// Default drift-check interval of template Services (e.g. 30m, 1h; 0s: off).
     #[arg(long, env = "MAHLER_DRIFT_CHECK_INTERVAL", default_value = "1h")]
     pub drift_check_interval: String,
+    /// Run template Services' OpenTofu as a ServiceAccount of each
+    /// environment's namespace bound only there to this ClusterRole (the
+    /// chart's `<release>-terraform`), instead of as the operator.
+    #[arg(long, env = "MAHLER_TERRAFORM_ROLE")]
+    pub terraform_role: Option<String>,
+    /// The ServiceAccount created in each environment namespace for OpenTofu.
+    #[arg(
+        long,
+        env = "MAHLER_TERRAFORM_SERVICE_ACCOUNT",
+        default_value = "mahler-terraform"
+    )]
+    pub terraform_service_account: String,
     /// Disable the Terraform engine (template Services report EngineUnavailable).
     #[arg(long, env = "MAHLER_TERRAFORM_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub terraform_disabled: bool,
@@ -171,6 +184,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .await
         .map_err(|e| Error::NoCluster(e.to_string()))?;
     let api_url = config.cluster_url.to_string();
+    let terraform_identity = args.terraform_role.clone().map(|role| TerraformIdentity {
+        role,
+        service_account: args.terraform_service_account.clone(),
+        host: api_url.trim_end_matches('/').to_string(),
+        ca_pem: config.root_cert.as_ref().map(|certs| pem(certs)),
+        insecure: config.accept_invalid_certs,
+        // Every command of a job may take the whole timeout.
+        token_seconds: (args.tofu_timeout_seconds.max(10) * 4).max(3600) as i64,
+    });
     let client = Client::try_from(config).map_err(|e| Error::NoCluster(brief(&e)))?;
     if !wait_for_crds(&client, &api_url, shutdown_rx.clone()).await? {
         return Ok(());
@@ -183,6 +205,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         concurrency: args.concurrency.max(1),
         drift_check_interval: Some(drift_check_interval),
+        terraform_identity,
     };
     let engine = start_engine(&args, &client, &metrics).await;
 
@@ -287,6 +310,22 @@ async fn wait_for_crds(
             _ = shutdown.wait_for(|s| *s) => return Ok(false),
         }
     }
+}
+
+/// DER certificates as one PEM bundle.
+fn pem(certs: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 /// One line for a Kubernetes client error: the API server's message and

@@ -291,7 +291,10 @@ async fn deployment_is_hardened_and_the_pdb_follows_replicas() {
         "--set-json",
         r#"rbac.extraRules=[{"apiGroups":[""],"resources":["persistentvolumeclaims"],"verbs":["get","create"]}]"#,
     ]));
-    let extra_rules = find(&extra, "ClusterRole").unwrap()["rules"]
+    let extra_rules = extra
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "mahler-terraform")
+        .expect("the Terraform role")["rules"]
         .as_array()
         .unwrap();
     assert!(
@@ -300,8 +303,12 @@ async fn deployment_is_hardened_and_the_pdb_follows_replicas() {
             .any(|r| r["resources"][0] == "persistentvolumeclaims" && r["verbs"][1] == "create"),
         "{extra_rules:?}"
     );
-    let rules = &find(&docs, "ClusterRole").unwrap()["rules"];
-    for rule in rules.as_array().unwrap() {
+    let rules: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .flat_map(|d| d["rules"].as_array().unwrap())
+        .collect();
+    for rule in rules {
         for field in ["apiGroups", "resources", "verbs"] {
             for v in rule[field].as_array().unwrap() {
                 assert_ne!(v, "*", "wildcard in the ClusterRole: {rule}");
@@ -476,8 +483,15 @@ async fn operator_writes_stay_inside_environment_namespaces() {
     let says = "writes only in Environment namespaces";
     // Allowed by the ClusterRole, refused by the chart's admission policy.
     for args in [
-        vec!["create", "configmap", "scope-test", "-n", "default"],
-        vec!["create", "configmap", "scope-test", "-n", "kube-system"],
+        vec!["create", "secret", "generic", "scope-test", "-n", "default"],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "scope-test",
+            "-n",
+            "kube-system",
+        ],
         vec![
             "label",
             "namespace",
@@ -490,9 +504,12 @@ async fn operator_writes_stay_inside_environment_namespaces() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
     // Inside an Environment's namespace it may.
-    let (ok, stderr) = e.kubectl_as(user, &["create", "configmap", "scope-test", "-n", &ns]);
+    let (ok, stderr) = e.kubectl_as(
+        user,
+        &["create", "secret", "generic", "scope-test", "-n", &ns],
+    );
     assert!(ok, "{stderr}");
-    let (ok, stderr) = e.kubectl_as(user, &["delete", "configmap", "scope-test", "-n", &ns]);
+    let (ok, stderr) = e.kubectl_as(user, &["delete", "secret", "scope-test", "-n", &ns]);
     assert!(ok, "{stderr}");
     e.kubectl(&["delete", "project", "scope", "--wait=false"]);
 }

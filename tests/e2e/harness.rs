@@ -24,6 +24,11 @@ static LOCK: RwLock<()> = RwLock::const_new(());
 
 pub const OPERATOR_USER: &str = "system:serviceaccount:mahler-system:mahler-operator";
 
+/// Whether `user` is an environment's OpenTofu identity.
+pub fn is_terraform_user(user: &str) -> bool {
+    user.starts_with("system:serviceaccount:") && user.ends_with(":mahler-terraform")
+}
+
 pub struct TestEnv {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
@@ -161,6 +166,9 @@ impl TestEnv {
             )
             .env("MAHLER_RESYNC_SECONDS", "2")
             .env("MAHLER_LEADER_ELECT", "true")
+            // As the chart runs it: OpenTofu as each environment's own
+            // ServiceAccount, bound to the chart's Terraform role.
+            .env("MAHLER_TERRAFORM_ROLE", "mahler-terraform")
             .env("MAHLER_LEASE_SECONDS", "6")
             .env("POD_NAMESPACE", "mahler-system")
             .env("RUST_LOG", "info,mahler=debug,kube=warn")

@@ -132,12 +132,12 @@ async fn start_up_failures_are_one_line_each() {
         "refused the operator",
     );
 
-    // Leader election asked for, in a namespace that does not exist.
-    let operator = e.dir.join("operator.kubeconfig");
+    // Leader election asked for, by hand (a user's kubeconfig), in a
+    // namespace that does not exist.
     assert_one_line(
         "no namespace for the Lease",
         run_operator(&[
-            ("KUBECONFIG", operator.to_str().unwrap()),
+            ("KUBECONFIG", e.kubeconfig.to_str().unwrap()),
             ("MAHLER_LEADER_ELECT", "true"),
             ("POD_NAMESPACE", "no-such-namespace"),
         ]),

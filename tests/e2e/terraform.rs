@@ -199,6 +199,19 @@ async fn template_outputs_flow_into_an_app_and_input_changes_reroll_it() {
         },
     )
     .await;
+
+    // Deleting the template Service destroys what it made (the credentials
+    // Secret, deleted by OpenTofu as the environment's identity).
+    assert!(secrets.get_opt("db-credentials").await.unwrap().is_some());
+    env.kubectl(&[
+        "delete",
+        "service.mahler.dev",
+        "db",
+        "-n",
+        &ns,
+        "--wait=false",
+    ]);
+    wait_deleted(&secrets, "db-credentials").await;
 }
 
 #[tokio::test]
@@ -897,4 +910,75 @@ async fn a_provider_error_stalls_without_a_retry_storm_and_a_failed_destroy_says
         .delete("e2e-fragile", &Default::default())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_template_runs_as_its_environment_and_cannot_read_other_namespaces() {
+    let _guard = shared().await;
+    let env = env();
+    let client = env.client().await;
+    let ns = project_with_env(&client, "tfsnoop").await;
+    // A Secret elsewhere that the operator itself could read.
+    env.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: tfsnoop-victim}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: victim, namespace: tfsnoop-victim}\nstringData: {password: hunter2}\n",
+    );
+    env.apply(
+        "apiVersion: mahler.dev/v1alpha1\nkind: ResourceTemplate\nmetadata: {name: e2e-snoop}\nspec:\n  inputs: {type: object, properties: {namespace: {type: string}}}\n  module:\n    files:\n      main.tf: |\n        variable \"namespace\" { type = string }\n        data \"kubernetes_secret_v1\" \"x\" {\n          metadata {\n            name      = \"victim\"\n            namespace = var.namespace\n          }\n        }\n        output \"keys\" {\n          value     = length(data.kubernetes_secret_v1.x.data)\n          sensitive = true\n        }\n",
+    );
+    let templates: Api<ResourceTemplate> = Api::all(client.clone());
+    wait_for(&templates, "e2e-snoop", "Ready", is_ready(tpl_conditions)).await;
+    env.apply(&template_service(
+        &ns,
+        "snoop",
+        "e2e-snoop",
+        "",
+        "{namespace: tfsnoop-victim}",
+    ));
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let s = wait_for(&services, "snoop", "a failed run", |s: Option<&Service>| {
+        s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
+            st.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "False"
+                    && (c.reason == "PlanFailed" || c.reason == "ApplyFailed")
+            })
+        })
+    })
+    .await;
+    let ready = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("forbidden")
+            && ready
+                .message
+                .contains("system:serviceaccount:tfsnoop-test:mahler-terraform"),
+        "OpenTofu should have been refused as the environment's identity: {}",
+        ready.message
+    );
+    // Inside its own namespace the same template works.
+    env.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "victim",
+        "-n",
+        &ns,
+        "--from-literal=a=b",
+    ]);
+    env.apply(&template_service(
+        &ns,
+        "snoop",
+        "e2e-snoop",
+        "",
+        &format!("{{namespace: {ns}}}"),
+    ));
+    wait_for(&services, "snoop", "Ready", is_ready(svc_conditions)).await;
+    env.kubectl(&["delete", "project", "tfsnoop", "--wait=false"]);
+    env.kubectl(&["delete", "namespace", "tfsnoop-victim", "--wait=false"]);
+    env.kubectl(&["delete", "resourcetemplate", "e2e-snoop", "--wait=false"]);
 }

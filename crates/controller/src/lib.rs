@@ -29,6 +29,7 @@ mod service;
 pub mod status;
 mod template;
 pub mod template_service;
+pub mod terraform_identity;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -97,6 +98,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// Default drift-check interval of template Services (None: 1h).
     pub drift_check_interval: Option<Duration>,
+    /// The identity template Services' OpenTofu runs with (None: the
+    /// operator's own).
+    pub terraform_identity: Option<terraform_identity::TerraformIdentity>,
 }
 
 impl Default for Settings {
@@ -106,6 +110,7 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             concurrency: 16,
             drift_check_interval: None,
+            terraform_identity: None,
         }
     }
 }

@@ -150,7 +150,8 @@ pub async fn pass(svc: &Service, ctx: &Context, src: &TemplateSource) -> Result<
         finalizer::ensure(ctx, svc).await?;
     }
     if let (Some(kind), Ok(engine), Ok(ws)) = (start, ctx.engine.as_ref(), workspace) {
-        engine.start(key, ws, kind, retrigger(ctx, svc));
+        let credentials = crate::terraform_identity::credentials(ctx, &backend.namespace).await?;
+        engine.start(key, ws, kind, credentials, retrigger(ctx, svc));
     }
     st.drifted = report.drifted;
     write_status(ctx, svc, st, &report.health).await?;

@@ -129,6 +129,30 @@ pub struct EngineConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// The Kubernetes identity one job's OpenTofu runs with (its backend and
+/// the kubernetes provider): a short-lived ServiceAccount token, bound only
+/// in the environment's namespace. `None` at [`Engine::start`] means the
+/// engine's own credentials ([`EngineConfig::kubeconfig`]).
+#[derive(Clone)]
+pub struct Credentials {
+    /// The API server URL.
+    pub host: String,
+    pub token: String,
+    /// The API server's CA bundle (PEM); `None`: the system roots.
+    pub ca_pem: Option<String>,
+    /// Skip TLS verification (a kubeconfig with insecure-skip-tls-verify).
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("host", &self.host)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 enum Slot {
     Running { kind: JobKind, started: Timestamp },
     Done(Box<JobResult>),
@@ -146,6 +170,9 @@ pub struct Engine {
     hostname: String,
     observer: Arc<dyn RunObserver>,
     git_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The kubeconfig of each running job with credentials of its own, by
+    /// workspace directory.
+    credentials: Mutex<HashMap<PathBuf, PathBuf>>,
 }
 
 impl Engine {
@@ -212,6 +239,7 @@ impl Engine {
             hostname,
             observer,
             git_locks: Mutex::default(),
+            credentials: Mutex::default(),
         })
     }
 
@@ -286,13 +314,15 @@ impl Engine {
             .or_insert(Slot::Done(result));
     }
 
-    /// Starts `kind` for `workspace` unless a job for `key` exists. `done`
+    /// Starts `kind` for `workspace` unless a job for `key` exists, its
+    /// OpenTofu running with `credentials` (or the engine's own). `done`
     /// runs after the result is stored (it re-triggers the reconcile).
     pub fn start(
         self: &Arc<Self>,
         key: String,
         workspace: Workspace,
         kind: JobKind,
+        credentials: Option<Credentials>,
         done: impl FnOnce() + Send + 'static,
     ) -> bool {
         {
@@ -309,12 +339,74 @@ impl Engine {
             );
         }
         let engine = self.clone();
+        let dir = self.dir_for(&workspace.backend);
+        let kubeconfig = credentials.map(|c| match self.write_kubeconfig(&workspace.backend, &c) {
+            Ok(path) => path,
+            Err(error) => {
+                // The job then fails on the backend with OpenTofu's own
+                // message; never fall back to the engine's credentials.
+                warn!(%error, "cannot write the job's kubeconfig");
+                self.cfg.workdir.join("credentials").join("missing")
+            }
+        });
+        match kubeconfig {
+            Some(path) => self.credentials.lock().insert(dir.clone(), path),
+            None => self.credentials.lock().remove(&dir),
+        };
         tokio::spawn(async move {
             let result = engine.execute(&key, workspace, kind).await;
+            if let Some(path) = engine.credentials.lock().remove(&dir) {
+                let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
+            }
             engine.jobs.lock().insert(key, Slot::Done(Box::new(result)));
             done();
         });
         true
+    }
+
+    /// A kubeconfig (and CA file) holding a job's credentials, readable only
+    /// by the operator, outside the workspace. OpenTofu's kubernetes backend
+    /// needs a kubeconfig (its KUBE_HOST/KUBE_TOKEN variables only override
+    /// one), and the kubernetes provider reads the same file.
+    fn write_kubeconfig(&self, backend: &Backend, c: &Credentials) -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = self
+            .cfg
+            .workdir
+            .join("credentials")
+            .join(format!("{}-{}", backend.namespace, backend.secret_suffix));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let write = |name: &str, content: &str| -> std::io::Result<PathBuf> {
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(content.as_bytes())?;
+            Ok(path)
+        };
+        let mut cluster = serde_json::json!({"server": c.host});
+        if let Some(ca) = &c.ca_pem {
+            cluster["certificate-authority"] = write("ca.pem", ca)?.display().to_string().into();
+        }
+        if c.insecure {
+            cluster["insecure-skip-tls-verify"] = true.into();
+        }
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "mahler", "cluster": cluster}],
+            "users": [{"name": "mahler-terraform", "user": {"token": c.token}}],
+            "contexts": [{"name": "mahler", "context": {"cluster": "mahler", "user": "mahler-terraform"}}],
+            "current-context": "mahler",
+        });
+        write("kubeconfig", &config.to_string())
     }
 
     fn dir_for(&self, backend: &Backend) -> PathBuf {
@@ -330,12 +422,18 @@ impl Engine {
         if let Some(c) = &self.cli_config {
             env.insert("TF_CLI_CONFIG_FILE".into(), c.display().to_string());
         }
-        match &self.cfg.kubeconfig {
-            Some(k) => {
-                env.insert("KUBE_CONFIG_PATH".into(), k.display().to_string());
-            }
-            None => {
-                env.insert("KUBE_IN_CLUSTER_CONFIG".into(), "true".into());
+        // The same variables configure OpenTofu's kubernetes backend and the
+        // kubernetes provider.
+        if let Some(path) = self.credentials.lock().get(&self.dir_for(&ws.backend)) {
+            env.insert("KUBE_CONFIG_PATH".into(), path.display().to_string());
+        } else {
+            match &self.cfg.kubeconfig {
+                Some(k) => {
+                    env.insert("KUBE_CONFIG_PATH".into(), k.display().to_string());
+                }
+                None => {
+                    env.insert("KUBE_IN_CLUSTER_CONFIG".into(), "true".into());
+                }
             }
         }
         for (k, v) in &ws.vars {
