@@ -337,19 +337,14 @@ pub fn brief(error: &kube::Error) -> String {
     let mut line = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line = format!("{line}: {cause}");
+        // kube's errors often repeat their source in their own text.
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
         }
-        source = cause_of(source);
+        source = cause.source();
     }
     line.replace('\n', " ")
-}
-
-fn cause_of<'a>(
-    error: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    error.and_then(|e| e.source())
 }
 
 fn leader_election_error(args: &Args, source: kube_lease_manager::LeaseManagerError) -> Error {

@@ -11,7 +11,9 @@ use kube::Api;
 use mahler_api::Service;
 use serde_json::Value;
 
-use crate::harness::{env, exclusive, helm, helm_output, is_ready, shared, wait_for};
+use crate::harness::{
+    documents, env, exclusive, helm, helm_output, is_ready, kubectl_output, shared, wait_for,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,16 +43,6 @@ fn render(sets: &[&str]) -> String {
         args.extend(["--set", s]);
     }
     run_helm(&args)
-}
-
-/// Multi-document YAML as JSON values, empty documents dropped.
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| {
-            let v: Value = serde::Deserialize::deserialize(d).expect("valid YAML");
-            (!v.is_null()).then_some(v)
-        })
-        .collect()
 }
 
 fn key(v: &Value) -> String {
@@ -201,20 +193,12 @@ async fn rendered_chart_passes_a_server_side_dry_run_under_restricted_pod_securi
         "--set",
         "replicas=3",
     ]);
-    let out = std::process::Command::new(&e.kubectl)
-        .args(["--kubeconfig"])
-        .arg(&e.kubeconfig)
-        .args(["apply", "--server-side", "--dry-run=server", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(yaml.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("kubectl");
+    let out = kubectl_output(
+        &e.kubectl,
+        &e.kubeconfig,
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&yaml),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "server-side dry run failed: {stderr}");
     assert!(

@@ -98,37 +98,13 @@ impl TestEnv {
             "--all",
             "--timeout=60s",
         ]);
-        let token = run(&[
-            "create",
-            "token",
-            "mahler-operator",
-            "-n",
-            "mahler-system",
-            "--duration=12h",
-        ]);
         let operator_kubeconfig = dir.join("operator.kubeconfig");
-        std::fs::copy(&kubeconfig, &operator_kubeconfig).expect("copy kubeconfig");
-        kubectl_at(
+        service_account_kubeconfig(
             &kubectl,
+            &kubeconfig,
+            "mahler-system",
+            "mahler-operator",
             &operator_kubeconfig,
-            &[
-                "config",
-                "set-credentials",
-                "mahler-operator",
-                &format!("--token={}", token.trim()),
-            ],
-            None,
-        );
-        kubectl_at(
-            &kubectl,
-            &operator_kubeconfig,
-            &[
-                "config",
-                "set-context",
-                "--current",
-                "--user=mahler-operator",
-            ],
-            None,
         );
         run(&[
             "apply",
@@ -295,7 +271,49 @@ impl TestEnv {
     }
 }
 
-fn kubectl_output(
+/// A copy of `kubeconfig` whose current user is ServiceAccount `name` of
+/// `namespace`, with a 12 h token.
+pub fn service_account_kubeconfig(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+    out: &Path,
+) {
+    let token = kubectl_at(
+        kubectl,
+        kubeconfig,
+        &["create", "token", name, "-n", namespace, "--duration=12h"],
+        None,
+    );
+    std::fs::copy(kubeconfig, out).expect("copy kubeconfig");
+    let credentials = format!("--token={}", token.trim());
+    let user = format!("--user={name}");
+    kubectl_at(
+        kubectl,
+        out,
+        &["config", "set-credentials", name, &credentials],
+        None,
+    );
+    kubectl_at(
+        kubectl,
+        out,
+        &["config", "set-context", "--current", &user],
+        None,
+    );
+}
+
+/// Multi-document YAML as JSON values, empty documents dropped.
+pub fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| {
+            let v: serde_json::Value = serde::Deserialize::deserialize(d).expect("valid YAML");
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+pub fn kubectl_output(
     kubectl: &Path,
     kubeconfig: &Path,
     args: &[&str],

@@ -101,12 +101,7 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
             "mahler-system",
         ],
     );
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
-        .filter_map(|d| {
-            let v: Value = serde::Deserialize::deserialize(d).unwrap();
-            (!v.is_null()).then_some(v)
-        })
-        .collect();
+    let docs = crate::harness::documents(&rendered);
     let role_of = |kind: &str, name: &str| {
         docs.iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)

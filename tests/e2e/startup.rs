@@ -104,28 +104,14 @@ async fn start_up_failures_are_one_line_each() {
 
     // A ServiceAccount without the operator's ClusterRole.
     e.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: startup-test}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: nobody, namespace: startup-test}\n");
-    let token = e.kubectl(&["create", "token", "nobody", "-n", "startup-test"]);
     let nobody = dir.join("nobody.kubeconfig");
-    std::fs::copy(&e.kubeconfig, &nobody).unwrap();
-    for args in [
-        vec![
-            "config",
-            "set-credentials",
-            "nobody",
-            &format!("--token={}", token.trim()),
-        ],
-        vec!["config", "set-context", "--current", "--user=nobody"],
-    ] {
-        let mut full = vec!["--kubeconfig", nobody.to_str().unwrap()];
-        full.extend(args.iter().copied());
-        assert!(
-            Command::new(&e.kubectl)
-                .args(&full)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
+    crate::harness::service_account_kubeconfig(
+        &e.kubectl,
+        &e.kubeconfig,
+        "startup-test",
+        "nobody",
+        &nobody,
+    );
     assert_one_line(
         "no permission",
         run_operator(&[("KUBECONFIG", nobody.to_str().unwrap())]),
