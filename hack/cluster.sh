@@ -61,6 +61,9 @@ options:
   kwokControllerBinary: $tools/kwok
   kubeAuditPolicy: $dir/audit-policy.yaml
   disableQPSLimits: true
+  # kwok serves pod logs through the API server's kubelet proxy (kubectl
+  # logs, \`mahler logs\`) from files named by Logs / ClusterLogs objects.
+  enableCRDs: [Logs, ClusterLogs]
 componentsPatches:
 # kwok's default Service range is a /24: about 250 ClusterIPs, after which the
 # API server answers 500 "failed to allocate". Benchmarks create 1,000+.

@@ -104,6 +104,41 @@ impl Graph {
         out.push_str("}\n");
         out
     }
+
+    /// Mermaid `flowchart LR`: broken edges dotted with their reason,
+    /// missing ends drawn as dashed placeholders.
+    pub fn to_mermaid(&self) -> String {
+        let id = |name: &str| name.replace('-', "_");
+        let mut out = String::from("flowchart LR\n");
+        for n in &self.nodes {
+            out.push_str(&format!("  {}[\"{}\"]\n", id(&n.name), n.name));
+        }
+        for m in &self.missing {
+            out.push_str(&format!("  {}[\"{m} (missing)\"]:::missing\n", id(m)));
+        }
+        for e in &self.edges {
+            if e.healthy {
+                out.push_str(&format!(
+                    "  {} -->|{}| {}\n",
+                    id(&e.from),
+                    e.port,
+                    id(&e.to)
+                ));
+            } else {
+                out.push_str(&format!(
+                    "  {} -.->|\"{} {}\"| {}\n",
+                    id(&e.from),
+                    e.port,
+                    e.reason.as_deref().unwrap_or_default(),
+                    id(&e.to)
+                ));
+            }
+        }
+        if !self.missing.is_empty() {
+            out.push_str("  classDef missing stroke-dasharray: 5 5\n");
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +192,15 @@ mod tests {
         let dot = g.to_dot();
         assert!(dot.contains("\"api\" -> \"db\" [label=\"5432\"];"), "{dot}");
         assert!(dot.contains("\"cache\" [style=dotted"), "{dot}");
+        let mermaid = g.to_mermaid();
+        assert!(mermaid.contains("  api -->|5432| db\n"), "{mermaid}");
+        assert!(
+            mermaid.contains("api -.->|\"5432 TargetNotFound\"| cache"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid.contains("cache[\"cache (missing)\"]:::missing"),
+            "{mermaid}"
+        );
     }
 }

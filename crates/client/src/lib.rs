@@ -6,9 +6,11 @@
 //! - [`summary`]: one line of truth per object (Ready or why not).
 //! - [`graph`]: the Services and Connections of an environment as a graph,
 //!   missing ends marked.
+//! - [`explain`]: why a Service is not Ready, as a chain with what to do next.
 //! - [`wait`]: wait until an object is Ready, or say why it is not.
 //! - [`Environment`]: everything of one environment, read in three lists.
 
+pub mod explain;
 pub mod graph;
 pub mod summary;
 pub mod wait;
