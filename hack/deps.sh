@@ -26,5 +26,6 @@ forbid mahler-api kube-client kube-runtime tokio hyper mahler-core mahler-engine
 forbid mahler-core kube-client kube-runtime tokio hyper mahler-engine mahler-controller mahler-client
 forbid mahler-engine kube-client kube-runtime hyper mahler-controller mahler-client
 forbid mahler-client mahler-core mahler-engine mahler-controller
+forbid mahler-cli mahler-core mahler-engine mahler-controller axum jsonschema
 [[ $fail == 0 ]] && echo "dependency rules hold"
 exit $fail

@@ -67,7 +67,7 @@ impl std::fmt::Display for CliError {
 pub fn api_message(status: &kube::core::Status) -> String {
     let message = status.message.trim();
     let message = match message.find("denied request: ") {
-        Some(i) if message.starts_with("ValidatingAdmissionPolicy") => {
+        Some(i) if message.contains("ValidatingAdmissionPolicy") => {
             &message[i + "denied request: ".len()..]
         }
         _ => message,
@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn admission_preambles_are_dropped() {
         let status = kube::core::Status::failure(
-            "ValidatingAdmissionPolicy 'mahler-plan-approval' with binding 'mahler-plan-approval' denied request: mahler.dev/approved-by: must be the requesting user (bob)",
+            "services.mahler.dev \"db\" is forbidden: ValidatingAdmissionPolicy 'mahler-plan-approval' with binding 'mahler-plan-approval' denied request: mahler.dev/approved-by: must be the requesting user (bob)",
             "Invalid",
         );
         assert_eq!(

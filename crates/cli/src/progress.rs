@@ -163,6 +163,7 @@ where
     let mut said_unobserved = false;
     let mut last: Option<K> = None;
     let mut last_line = String::new();
+    let mut last_replicas = String::new();
     let mut seen_events = std::collections::BTreeSet::new();
     let service = children.as_ref().map(|c| c.service.clone());
     loop {
@@ -227,16 +228,14 @@ where
                 }
                 let s = Summary::of(&obj, conditions(&obj));
                 let line = match s.state {
-                    State::Unknown => "waiting for the operator".to_string(),
-                    st => format!(
-                        "{}{}",
-                        format_state(st),
-                        if s.reason.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {}: {}", s.reason, s.message)
-                        }
+                    State::Unknown => format!(
+                        "waiting for the operator to observe generation {}",
+                        obj.meta().generation.unwrap_or_default()
                     ),
+                    st if s.reason.is_empty() || s.reason == format_state(st) => {
+                        format!("{}: {}", format_state(st), s.message)
+                    }
+                    st => format!("{} {}: {}", format_state(st), s.reason, s.message),
                 };
                 if line != last_line {
                     let painted = match s.state {
@@ -269,8 +268,11 @@ where
                     st.updated_replicas.unwrap_or(0),
                     st.available_replicas.unwrap_or(0)
                 );
-                display.line(&format!("{label}: {line}"));
-                display.status(&line);
+                if line != last_replicas {
+                    display.line(&format!("{label}: {line}"));
+                    display.status(&line);
+                    last_replicas = line;
+                }
             }
             Update::Warning(ev) => {
                 let Some(svc) = &service else { continue };
