@@ -3,6 +3,7 @@
 //! objects and status.
 
 mod chart;
+mod cli;
 mod gitops;
 mod harness;
 mod image;

@@ -62,6 +62,7 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<()> {
         ..Default::default()
     };
     let mut streams = Vec::new();
+    let mut skipped = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
         let containers: Vec<String> = pod
             .spec
@@ -85,16 +86,35 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<()> {
                 container: Some(container.clone()),
                 ..params.clone()
             };
-            let reader = pods_api.log_stream(&pod.name_any(), &lp).await.map_err(
-                ctx.cluster
-                    .err(&format!("the logs of pod {}", pod.name_any())),
-            )?;
+            // A pod that cannot serve logs (still starting, gone) is named
+            // and skipped, as long as another one can.
+            let reader = match pods_api.log_stream(&pod.name_any(), &lp).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = ctx
+                        .cluster
+                        .err(&format!("the logs of pod {}", pod.name_any()))(
+                        e
+                    );
+                    if e.exit == crate::error::Exit::Forbidden {
+                        return Err(e);
+                    }
+                    eprintln!("warning: skipping {}: {}", pod.name_any(), e.message);
+                    skipped.push(e);
+                    continue;
+                }
+            };
             let lines = reader
                 .lines()
                 .map_ok(move |line| format!("{prefix} {line}"))
                 .boxed();
             streams.push(lines);
         }
+    }
+    if streams.is_empty()
+        && let Some(first) = skipped.into_iter().next()
+    {
+        return Err(first);
     }
     let mut merged = futures::stream::select_all(streams);
     let ctrl_c = tokio::signal::ctrl_c();

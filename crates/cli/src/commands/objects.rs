@@ -127,9 +127,7 @@ where
         println!("{qualified_name} deleted");
         return Ok(());
     }
-    let gone =
-        kube::runtime::wait::await_condition(api, name, kube::runtime::conditions::is_deleted(""));
-    // is_deleted("") matches any uid: the object is gone.
+    let gone = kube::runtime::wait::await_condition(api, name, |o: Option<&K>| o.is_none());
     match tokio::time::timeout(wait.timeout, gone).await {
         Ok(Ok(_)) => {
             println!("{qualified_name} deleted");
