@@ -4,12 +4,17 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
+.PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
 
 all: build
 
 build:
 	$(CARGO) build --release --bin mahler-operator
+	$(CARGO) build --release -p mahler-cli
+
+# The CLI alone: target/release/mahler and kubectl-mahler (docs/cli.md).
+cli:
+	$(CARGO) build --release -p mahler-cli
 
 tools:
 	hack/tools.sh build

@@ -32,9 +32,11 @@ MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port \
   target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS=http://127.0.0.1:$port/metrics
-# BENCH=converge or BENCH=terraform runs one part only.
-if [[ ${BENCH:-all} != terraform ]]; then cargo bench --bench converge; fi
-if [[ ${BENCH:-all} != converge ]]; then cargo bench --bench terraform; fi
+# BENCH=converge, BENCH=terraform or BENCH=cli runs one part only.
+bench=${BENCH:-all}
+if [[ $bench == all || $bench == converge ]]; then cargo bench --bench converge; fi
+if [[ $bench == all || $bench == terraform ]]; then cargo bench --bench terraform; fi
+if [[ $bench == all || $bench == cli ]]; then MAHLER_KUBECTL=$tools/kubectl cargo bench -p mahler-cli --bench status; fi
 # Who wrote what during the 1,000-Service stages (the API server's audit
 # log): how many writes, when (seconds from the stage's first write: first,
 # median, last) and how long the API server took (median, p99).

@@ -3,7 +3,7 @@
 # RBAC, admission policies; kwok simulates the Deployment's pods), the
 # operator itself beside the cluster (in the background, log in
 # .cluster/mahler/operator.log) and manifests/examples, then
-# `kubectl get mahler` once everything is Ready. `make stop` ends it all.
+# `mahler status shop-staging` once everything is Ready. `make stop` ends it all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -34,7 +34,9 @@ echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log
 "$kubectl" wait --for=condition=Ready projects.mahler.dev,environments.mahler.dev --all --timeout=60s >/dev/null
 "$kubectl" wait --for=condition=Ready services.mahler.dev,connections.mahler.dev,resourcetemplates.mahler.dev --all -A --timeout=120s >/dev/null
 echo
-"$kubectl" get mahler -A
+# The CLI shows what was made (docs/cli.md).
+target/release/mahler status shop-staging
 echo
-echo "export KUBECONFIG=$KUBECONFIG   # then: $kubectl get mahler -A"
+echo "export KUBECONFIG=$KUBECONFIG PATH=$root/target/release:\$PATH"
+echo "mahler status shop-staging      # or: mahler graph shop-staging, kubectl mahler ..., kubectl get mahler -A"
 echo "make stop                        # stop the operator and the cluster"

@@ -21,7 +21,7 @@ Settings come from flags, then MAHLER_* variables, then the Mahler context
 
 /// Mahler: services, connections and their infrastructure on Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "mahler", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "mahler", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -170,6 +170,9 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Shell completions: `source <(mahler completion bash)`.
+    #[command(
+        after_help = "Examples:\n  source <(mahler completion bash)\n  mahler completion zsh > \"${fpath[1]}/_mahler\"\n  mahler completion fish > ~/.config/fish/completions/mahler.fish"
+    )]
     Completion(CompletionArgs),
 }
 
@@ -202,19 +205,28 @@ pub enum ProjectCommand {
         name: String,
         #[arg(long)]
         display_name: Option<String>,
-        /// A member as user:NAME=ROLE or group:NAME=ROLE (admin, developer, viewer); repeatable.
+        /// A member as user:NAME=ROLE or group:NAME=ROLE (admin, developer,
+        /// viewer); repeatable. Not bound yet: the Project reports
+        /// NotImplemented until member roles land.
         #[arg(long = "member", value_name = "KIND:NAME=ROLE")]
         members: Vec<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// List projects.
-    #[command(visible_alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  mahler project list\n  mahler project list -o name"
+    )]
     List,
     /// Show one project.
+    #[command(after_help = "Example:\n  mahler project get shop -o yaml")]
     Get { name: String },
     /// Delete a project and all its environments.
-    #[command(visible_alias = "rm")]
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  mahler project delete shop --wait"
+    )]
     Delete {
         name: String,
         #[command(flatten)]
@@ -234,19 +246,27 @@ pub enum EnvCommand {
         /// An owner as user:NAME or group:NAME; repeatable.
         #[arg(long = "owner", value_name = "KIND:NAME")]
         owners: Vec<String>,
-        /// Only owners may change it (enforced from the REST/RBAC issue on).
+        /// Only owners may change it. Not enforced yet: the Environment
+        /// reports NotImplemented until protected environments land.
         #[arg(long)]
         protected: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// List environments (of --project when set).
-    #[command(visible_alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  mahler env list\n  mahler env list --project shop -o wide"
+    )]
     List,
-    /// Show one environment.
+    /// Show one environment (default: the one in use).
+    #[command(after_help = "Example:\n  mahler env get shop-staging -o json")]
     Get { name: Option<String> },
     /// Delete an environment, its namespace and everything in it.
-    #[command(visible_alias = "rm")]
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  mahler env delete shop-preview-42 --wait"
+    )]
     Delete {
         name: String,
         #[command(flatten)]
@@ -262,12 +282,19 @@ pub enum ServiceCommand {
     )]
     Create(ServiceCreate),
     /// List the Services of an environment.
-    #[command(visible_alias = "ls")]
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  mahler service list --env shop-staging\n  mahler svc ls -o wide"
+    )]
     List,
     /// Show one Service.
+    #[command(after_help = "Example:\n  mahler service get api -o yaml")]
     Get { name: String },
     /// Delete a Service (a template Service destroys or retains its infrastructure).
-    #[command(visible_alias = "rm")]
+    #[command(
+        visible_alias = "rm",
+        after_help = "Example:\n  mahler service delete worker --wait"
+    )]
     Delete {
         name: String,
         #[command(flatten)]
@@ -387,10 +414,13 @@ pub struct ApproveArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// List the Mahler contexts.
+    #[command(after_help = "Example:\n  mahler config get-contexts")]
     GetContexts,
     /// The current Mahler context.
+    #[command(after_help = "Example:\n  mahler config current-context")]
     CurrentContext,
     /// Make NAME the current Mahler context.
+    #[command(after_help = "Example:\n  mahler config use-context staging")]
     UseContext { name: String },
     /// Create or change a Mahler context (only the flags given change).
     #[command(
@@ -403,10 +433,13 @@ pub enum ConfigCommand {
         use_it: bool,
     },
     /// Delete a Mahler context.
+    #[command(after_help = "Example:\n  mahler config delete-context staging")]
     DeleteContext { name: String },
     /// The settings in effect and where each comes from.
+    #[command(after_help = "Example:\n  MAHLER_ENV=shop-prod mahler config view")]
     View,
     /// The path of the config file.
+    #[command(after_help = "Example:\n  mahler config path")]
     Path,
 }
 
@@ -452,6 +485,52 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command a user runs has an example in its --help.
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            let subs: Vec<&clap::Command> = cmd
+                .get_subcommands()
+                .filter(|c| c.get_name() != "help")
+                .collect();
+            if subs.is_empty() {
+                let help = cmd
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains("Example") {
+                    missing.push(path.clone());
+                }
+            }
+            for sub in subs {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
+    }
+
+    #[test]
+    fn completions_for_each_shell() {
+        for (shell, marker) in [
+            (clap_complete::Shell::Bash, "complete -F _mahler"),
+            (clap_complete::Shell::Zsh, "#compdef mahler"),
+            (clap_complete::Shell::Fish, "complete -c mahler"),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mahler", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.contains(marker),
+                "{shell}: {}",
+                &text[..200.min(text.len())]
+            );
+            assert!(text.contains("deploy"), "{shell}");
+        }
     }
 
     #[test]

@@ -102,8 +102,8 @@ where
 
 enum Update<K> {
     Object(Option<K>),
-    Deployment(Deployment),
-    Warning(Event),
+    Deployment(Box<Deployment>),
+    Warning(Box<Event>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -144,14 +144,14 @@ where
                 watcher::Config::default().fields(&format!("metadata.name={}", ch.service)),
             )
             .touched_objects()
-            .map_ok(Update::Deployment)
+            .map_ok(|d| Update::Deployment(Box::new(d)))
             .boxed(),
         );
         let events = Api::<Event>::namespaced(ch.client.clone(), &ch.namespace);
         streams.push(
             watcher(events, watcher::Config::default().fields("type=Warning"))
                 .touched_objects()
-                .map_ok(Update::Warning)
+                .map_ok(|e| Update::Warning(Box::new(e)))
                 .boxed(),
         );
     }
@@ -263,6 +263,11 @@ where
             Update::Deployment(d) => {
                 let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                 let st = d.status.unwrap_or_default();
+                // Counts of a spec the Deployment controller has not seen yet
+                // describe the old rollout.
+                if st.observed_generation < d.metadata.generation {
+                    continue;
+                }
                 let line = format!(
                     "replicas: {}/{desired} updated, {}/{desired} available",
                     st.updated_replicas.unwrap_or(0),
@@ -311,7 +316,7 @@ fn format_state(s: State) -> &'static str {
 
 fn humanize(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 60 == 0 && s >= 60 {
+    if s.is_multiple_of(60) && s >= 60 {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

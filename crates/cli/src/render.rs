@@ -22,9 +22,9 @@ fn reason(s: &Summary) -> String {
     }
 }
 
-fn conditions_of<'a>(
-    c: Option<&'a Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
-) -> &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+fn conditions_of(
+    c: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
     c.map(Vec::as_slice).unwrap_or_default()
 }
 

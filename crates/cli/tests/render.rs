@@ -80,7 +80,7 @@ fn list_tables() {
     );
     insta::assert_snapshot!(
         "environments_wide",
-        render::environments(&p, &[env.environment.clone()], true)
+        render::environments(&p, std::slice::from_ref(&env.environment), true)
     );
 }
 

@@ -137,7 +137,7 @@ async fn resolve(
                 "{origin}: the cluster does not serve kind {} in {}",
                 gvk.kind,
                 if gvk.group.is_empty() {
-                    format!("{}", gvk.version)
+                    gvk.version.to_string()
                 } else {
                     format!("{}/{}", gvk.group, gvk.version)
                 }
@@ -292,7 +292,7 @@ async fn apply_one(
             kube::Error::Api(s)
                 if s.code == 404 && s.details.as_ref().is_some_and(|d| d.kind == "namespaces") =>
             {
-                CliError::failure(format!("{}", api_message(&s)))
+                CliError::failure(api_message(&s))
                     .hint("create its Environment first (the operator makes the namespace)")
             }
             kube::Error::Api(s) if s.code == 409 => CliError::failure(format!(

@@ -141,6 +141,15 @@ pub fn run(global: &Global, cmd: ConfigCommand) -> Result<()> {
                 ],
                 {
                     let (v, f) = describe(s.context.as_ref(), "MAHLER_CONTEXT");
+                    let from_file = s
+                        .context
+                        .as_ref()
+                        .is_some_and(|c| c.source == crate::settings::Source::Context);
+                    let f = if from_file {
+                        "current-context".to_string()
+                    } else {
+                        f
+                    };
                     vec!["context".into(), v, f]
                 },
                 vec!["kube context".into(), kube, kube_from],
