@@ -27,6 +27,9 @@ trap cleanup EXIT
 
 echo ">> starting the test cluster"
 hack/cluster.sh up "$name" >/dev/null
+# The CLI the e2e tests run (tests/e2e/cli.rs builds it too; this keeps the
+# build out of the tests' time).
+cargo build -q -p mahler-cli --bins
 echo ">> end-to-end tests (operator log: $MAHLER_TEST_DIR/operator.log)"
 if ! cargo test --test e2e -- ${E2E_FILTER:-} --test-threads="${E2E_THREADS:-4}"; then
   echo ">> operator log (last 80 lines):"

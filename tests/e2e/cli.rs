@@ -667,6 +667,7 @@ async fn logs_come_from_every_pod_of_a_service_and_of_an_environment() {
         assert!(out.contains(&format!("[{pod}] ready {pod}")), "{out}");
     }
     assert!(!out.contains("worker"), "{out}");
+    assert!(!out.contains('\u{1b}'), "colour in piped logs:\n{out}");
     let all = cli.run(&["logs", "--tail", "1"]).ok().stdout;
     assert_eq!(all.lines().count(), 3, "{all}");
     assert!(
@@ -1090,7 +1091,12 @@ struct Terminal {
 
 impl Terminal {
     fn start(name: &str, command: &str) -> Terminal {
+        Self::sized(name, 150, command)
+    }
+
+    fn sized(name: &str, width: u16, command: &str) -> Terminal {
         let socket = format!("mahler-e2e-{name}-{}", std::process::id());
+        let width = width.to_string();
         let status = Command::new("tmux")
             .args([
                 "-L",
@@ -1098,7 +1104,7 @@ impl Terminal {
                 "new-session",
                 "-d",
                 "-x",
-                "150",
+                &width,
                 "-y",
                 "40",
                 "-s",
@@ -1149,6 +1155,24 @@ impl Drop for Terminal {
             .args(["-L", &self.socket, "kill-server"])
             .status();
     }
+}
+
+/// The text of a line without its colour escapes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A shell command line running the CLI with the test's settings.
@@ -1225,6 +1249,21 @@ async fn on_a_terminal_progress_confirmation_and_colour_are_what_a_person_sees()
     );
     drop(term);
 
+    // Tables fit the terminal: status in 80 columns wraps its cells.
+    let term = Terminal::sized("narrow", 80, &shell_line(&cli, "status"));
+    let screen = term.wait_for("EXIT=", Duration::from_secs(20));
+    assert!(
+        screen.contains("services Ready") && screen.contains("EXIT=0"),
+        "{screen}"
+    );
+    let widest = screen
+        .lines()
+        .map(|l| strip_ansi(l).chars().count())
+        .max()
+        .unwrap_or(0);
+    assert!(widest <= 80, "a line of {widest} columns:\n{screen}");
+    drop(term);
+
     // approve asks, and only "y" approves.
     cli.run(&[
         "service",
@@ -1291,7 +1330,11 @@ async fn on_a_terminal_progress_confirmation_and_colour_are_what_a_person_sees()
     use std::io::Write;
     writeln!(f, "{} stdout F appended while following", jiff_now()).unwrap();
     drop(f);
-    term.wait_for("appended while following", Duration::from_secs(20));
+    let screen = term.wait_for("appended while following", Duration::from_secs(20));
+    assert!(
+        screen.contains(&format!("\u{1b}[36m[{pod}]")),
+        "a coloured pod prefix:\n{screen}"
+    );
     term.keys(&["C-c"]);
     let screen = term.wait_for("EXIT=", Duration::from_secs(10));
     assert!(screen.contains("EXIT=0"), "{screen}");
