@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
@@ -170,6 +171,19 @@ enum Outcome {
     Unchanged,
 }
 
+/// Objects of one rank applied at once (in order of the files, printed in that order).
+const CONCURRENCY: usize = 16;
+
+/// One object ready to apply.
+struct Planned<'a> {
+    doc: &'a Document,
+    api: Api<DynamicObject>,
+    object: DynamicObject,
+    ns: Option<String>,
+    label: String,
+    qualified: String,
+}
+
 pub async fn run(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
     let mut docs = read_all(&args.files)?;
     docs.sort_by_key(|d| rank(&d.gvk));
@@ -180,13 +194,10 @@ pub async fn run(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
         Some(env) => env,
         None => client.default_namespace().to_string(),
     };
+    // Every kind is resolved (discovery) before anything is written, so an
+    // unknown kind applies nothing.
     let mut cache = BTreeMap::new();
-    let mut environments_applied = BTreeSet::new();
-    let mut failed = 0usize;
-    let mut applied: Vec<(String, String, Option<String>)> = Vec::new();
-    let mut params = PatchParams::apply(FIELD_MANAGER);
-    params.force = args.force_conflicts;
-    params.dry_run = args.dry_run;
+    let mut planned = Vec::new();
     for doc in &docs {
         let (ar, caps) = resolve(&client, &mut cache, &doc.gvk, &doc.origin).await?;
         let name = doc.object.name_any();
@@ -199,54 +210,79 @@ pub async fn run(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
             None => Api::all_with(client.clone(), &ar),
         };
         let mut object = doc.object.clone();
-        if let Some(ns) = &ns {
-            object.metadata.namespace = Some(ns.clone());
-        }
+        object.metadata.namespace = ns.clone();
         let label = match &ns {
             Some(ns) => format!("{} {ns}/{name}", doc.gvk.kind),
             None => format!("{} {name}", doc.gvk.kind),
         };
-        let outcome = apply_one(
-            ctx,
-            &api,
-            &object,
-            &params,
-            ns.as_deref(),
-            &environments_applied,
-        )
-        .await;
-        let qualified = format!(
-            "{}{}/{name}",
-            ar.kind.to_lowercase(),
-            if ar.group.is_empty() {
-                String::new()
-            } else {
-                format!(".{}", ar.group)
+        let group = if ar.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", ar.group)
+        };
+        planned.push(Planned {
+            doc,
+            api,
+            object,
+            ns,
+            label,
+            qualified: format!("{}{group}/{name}", ar.kind.to_lowercase()),
+        });
+    }
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = args.force_conflicts;
+    params.dry_run = args.dry_run;
+    let mut environments_applied = BTreeSet::new();
+    let mut failed = 0usize;
+    let mut applied: Vec<(String, String, Option<String>)> = Vec::new();
+    let mut rest = planned.as_slice();
+    while let Some(first) = rest.first() {
+        let r = rank(&first.doc.gvk);
+        let n = rest.iter().take_while(|p| rank(&p.doc.gvk) == r).count();
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        // The namespaces of Environments applied just now: the operator makes them.
+        let pending: BTreeSet<&str> = group
+            .iter()
+            .filter_map(|p| p.ns.as_deref())
+            .filter(|ns| environments_applied.contains(*ns))
+            .collect();
+        if !args.dry_run {
+            for ns in pending {
+                wait_namespace(ctx, ns).await?;
             }
-        );
-        match outcome {
-            Ok(o) => {
-                let word = match o {
-                    Outcome::Created => "created",
-                    Outcome::Configured => "configured",
-                    Outcome::Unchanged => "unchanged",
-                };
-                let dry = if args.dry_run {
-                    " (server dry run)"
-                } else {
-                    ""
-                };
-                println!("{qualified} {word}{dry}");
-                if doc.gvk.group == GROUP && doc.gvk.kind == "Environment" {
-                    environments_applied.insert(name.clone());
+        }
+        let outcomes: Vec<Result<Outcome>> = futures::stream::iter(group)
+            .map(|p| apply_one(ctx, &p.api, &p.object, &params))
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        for (p, outcome) in group.iter().zip(outcomes) {
+            match outcome {
+                Ok(o) => {
+                    let word = match o {
+                        Outcome::Created => "created",
+                        Outcome::Configured => "configured",
+                        Outcome::Unchanged => "unchanged",
+                    };
+                    let dry = if args.dry_run {
+                        " (server dry run)"
+                    } else {
+                        ""
+                    };
+                    println!("{} {word}{dry}", p.qualified);
+                    let name = p.object.name_any();
+                    if p.doc.gvk.group == GROUP && p.doc.gvk.kind == "Environment" {
+                        environments_applied.insert(name.clone());
+                    }
+                    if p.doc.gvk.group == GROUP {
+                        applied.push((p.doc.gvk.kind.clone(), name, p.ns.clone()));
+                    }
                 }
-                if doc.gvk.group == GROUP {
-                    applied.push((doc.gvk.kind.clone(), name.clone(), ns.clone()));
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {}: {}: {}", p.doc.origin, p.label, e.message);
                 }
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: {}: {label}: {}", doc.origin, e.message);
             }
         }
     }
@@ -269,22 +305,14 @@ async fn apply_one(
     api: &Api<DynamicObject>,
     object: &DynamicObject,
     params: &PatchParams,
-    ns: Option<&str>,
-    environments_applied: &BTreeSet<String>,
 ) -> Result<Outcome> {
     let name = object.name_any();
     let before = match api.get_opt(&name).await {
         Ok(b) => b,
-        // The namespace of an Environment applied just now: the operator makes it.
+        // No namespace yet: the apply below says so.
         Err(kube::Error::Api(s)) if s.code == 404 => None,
         Err(e) => return Err(ctx.cluster.err(&name)(e)),
     };
-    if before.is_none()
-        && let Some(ns) = ns
-        && environments_applied.contains(ns)
-    {
-        wait_namespace(ctx, ns).await?;
-    }
     let after = api
         .patch(&name, params, &Patch::Apply(object))
         .await
@@ -304,9 +332,25 @@ async fn apply_one(
         })?;
     Ok(match before {
         None => Outcome::Created,
-        Some(b) if b.resource_version() == after.resource_version() => Outcome::Unchanged,
+        Some(b) if unchanged(&b, &after) => Outcome::Unchanged,
         Some(_) => Outcome::Configured,
     })
+}
+
+/// Whether an apply changed nothing the user wrote. The resource version
+/// alone is not enough: the operator may write the status between our read
+/// and our apply. With a generation (every Mahler kind), a spec change
+/// bumps it; labels and annotations do not, so they are compared too.
+fn unchanged(before: &DynamicObject, after: &DynamicObject) -> bool {
+    if before.resource_version() == after.resource_version() {
+        return true;
+    }
+    let (b, a) = (&before.metadata, &after.metadata);
+    b.generation.is_some()
+        && b.generation == a.generation
+        && b.labels == a.labels
+        && b.annotations == a.annotations
+        && before.data.get("spec") == after.data.get("spec")
 }
 
 /// Waits until the operator has made the namespace of an Environment.
