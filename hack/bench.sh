@@ -32,6 +32,7 @@ MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port \
   target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS=http://127.0.0.1:$port/metrics
+export MAHLER_BENCH_AUDIT_LOG=$dir/clusters/$name/logs/audit.log
 # BENCH=converge, BENCH=terraform or BENCH=cli runs one part only.
 bench=${BENCH:-all}
 if [[ $bench == all || $bench == converge ]]; then cargo bench --bench converge; fi
