@@ -191,15 +191,44 @@ async fn main() {
     );
     let audit_log =
         std::env::var("MAHLER_BENCH_AUDIT_LOG").expect("MAHLER_BENCH_AUDIT_LOG (hack/bench.sh)");
-    let mut counted = status(false);
-    counted.args([
-        "--as",
-        BENCH_USER,
-        "--as-group",
-        "system:serviceaccounts",
-        "--as-group",
-        "system:authenticated",
+    // Its own token in a copy of the kubeconfig (the audit policy matches
+    // the authenticated user, not an impersonated one).
+    let kubectl_out = |args: &[&str]| {
+        let out = Command::new(&kubectl).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let token = kubectl_out(&["create", "token", "cli-bench", "-n", "default"]);
+    let kubeconfig =
+        std::env::temp_dir().join(format!("cli-bench-{}.kubeconfig", std::process::id()));
+    std::fs::copy(
+        std::env::var("KUBECONFIG").expect("KUBECONFIG"),
+        &kubeconfig,
+    )
+    .unwrap();
+    let at = kubeconfig.to_str().unwrap();
+    kubectl_out(&[
+        "--kubeconfig",
+        at,
+        "config",
+        "set-credentials",
+        "cli-bench",
+        &format!("--token={token}"),
     ]);
+    kubectl_out(&[
+        "--kubeconfig",
+        at,
+        "config",
+        "set-context",
+        "--current",
+        "--user=cli-bench",
+    ]);
+    let mut counted = status(false);
+    counted.args(["--kubeconfig", at]);
     let one = timed(counted);
     let calls: Vec<String> = audited_requests(&audit_log)
         .iter()
