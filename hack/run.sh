@@ -27,6 +27,18 @@ MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8
 echo $! >"$dir/operator.pid"
 echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log, metrics http://127.0.0.1:${MAHLER_METRICS_PORT:-8080}/metrics)"
 
+# kwok simulates pods, so nothing writes logs: every pod serves this file
+# (docs/operations.md, "The local cluster"), for `mahler logs`.
+now=$(date -u +%Y-%m-%dT%H:%M:%S.000000000Z)
+printf '%s stdout F started (a kwok pod: its log is %s)\n%s stdout F listening\n' "$now" "$dir/pod.log" "$now" >"$dir/pod.log"
+"$kubectl" apply -f - >/dev/null <<YAML
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata: {name: mahler-example-logs}
+spec:
+  selector: {}
+  logs: [{containers: [], logsFile: $dir/pod.log, follow: true}]
+YAML
 "$kubectl" apply -f manifests/examples/00-shop-project.yaml
 "$kubectl" wait --for=condition=Ready environments.mahler.dev --all --timeout=60s >/dev/null
 "$kubectl" apply -f manifests/templates/
