@@ -23,7 +23,18 @@ fn cli_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // The variables cargo sets for a test (CARGO_PKG_NAME, OUT_DIR...)
+        // would make build scripts (ring's) rerun and rebuild the client
+        // stack that hack/test.sh has just built.
+        for (k, _) in std::env::vars() {
+            let keep = matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
+                || k.starts_with("CARGO_BUILD_");
+            if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" {
+                build.env_remove(&k);
+            }
+        }
+        let out = build
             .args([
                 "build",
                 "-q",
@@ -769,7 +780,8 @@ async fn settings_come_from_flags_then_variables_then_the_context() {
         "{v}"
     );
     // The context's output format is used by commands.
-    let projects = cli.run(&["project", "list"]).ok().stdout;
+    cli.run(&["project", "create", "clic"]).ok();
+    let projects = cli.run(&["project", "get", "clic"]).ok().stdout;
     assert!(
         projects.starts_with("NAME") && projects.lines().next().unwrap().contains("MEMBERS"),
         "{projects}"
