@@ -829,6 +829,11 @@ async fn errors_are_one_line_with_what_to_do_and_a_documented_exit_code() {
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     // Usage errors are clap's, exit 2.
     assert_eq!(cli.run(&["service", "create", "x"]).code, 2);
+    assert_eq!(
+        cli.run(&[]).code,
+        2,
+        "a missing subcommand is a usage error"
+    );
     let out = cli.run(&["-e", &ns, "status", "-o", "dot"]).fails(2);
     assert!(
         out.stderr.contains("only `mahler graph` prints dot"),

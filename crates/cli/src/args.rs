@@ -464,12 +464,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{s:?}: expected a duration like 30s, 5m or 1h"))?;
         number.clear();
-        total += match c {
-            's' => n,
-            'm' => n * 60,
-            'h' => n * 3600,
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
             _ => return Err(format!("{s:?}: units are s, m and h")),
         };
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .filter(|t| *t <= 10 * 365 * 86400)
+            .ok_or_else(|| format!("{s:?}: too long"))?;
     }
     if !number.is_empty() || total == 0 {
         return Err(format!("{s:?}: expected a duration like 30s, 5m or 1h"));
@@ -541,5 +546,6 @@ mod tests {
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("10m5").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 }

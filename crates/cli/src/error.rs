@@ -66,6 +66,15 @@ impl std::fmt::Display for CliError {
 /// request:", "ValidatingAdmissionPolicy 'x' with binding 'y' denied request:").
 pub fn api_message(status: &kube::core::Status) -> String {
     let message = status.message.trim();
+    // Not a Kubernetes Status (a proxy's HTML page): say what it was, not its body.
+    if status.reason == "Failed to parse error data"
+        && (message.starts_with('<') || message.len() > 200)
+    {
+        return format!(
+            "HTTP {} with a response that is not from the Kubernetes API (a proxy in between?)",
+            status.code
+        );
+    }
     let message = match message.find("denied request: ") {
         Some(i) if message.contains("ValidatingAdmissionPolicy") => {
             &message[i + "denied request: ".len()..]
@@ -116,6 +125,20 @@ pub fn from_kube(err: kube::Error, what: &str, cluster: &str) -> CliError {
         ))
         .hint("is it running? `make run` starts the local one; `mahler config view` shows which cluster is used"),
         e => CliError::failure(format!("{what}: {}", chain(&e))),
+    }
+}
+
+/// A wait's watch error in one line, with the exit code of its API error.
+pub fn from_wait(err: kube::runtime::wait::Error, what: &str) -> CliError {
+    use kube::runtime::watcher::Error as W;
+    match err {
+        kube::runtime::wait::Error::ProbeFailed(
+            W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k),
+        ) => from_kube(k, what, "the cluster"),
+        kube::runtime::wait::Error::ProbeFailed(W::WatchError(s)) => {
+            CliError::failure(format!("{what}: {}", api_message(&s)))
+        }
+        other => CliError::failure(format!("{what}: {}", chain(&other))),
     }
 }
 

@@ -32,8 +32,19 @@ use crate::error::{CliError, Exit};
 pub fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or(info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        // `mahler ... | head`: the reader left; that is not an error.
+        if payload.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        let payload = payload.lines().next().unwrap_or_default();
         eprintln!(
-            "error: internal error in mahler ({info}); please report it with the command you ran"
+            "error: internal error in mahler ({payload}); please report it with the command you ran"
         );
         std::process::exit(Exit::Failure as i32);
     }));
@@ -44,15 +55,14 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayVersion
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     ExitCode::SUCCESS
                 }
                 _ => ExitCode::from(Exit::Usage as u8),
             };
         }
     };
+    let _ = COLOR.set(cli.global.color);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,9 +76,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `--color` of this invocation, for the error lines.
+static COLOR: std::sync::OnceLock<args::ColorChoice> = std::sync::OnceLock::new();
+
 fn report(e: &CliError) -> ExitCode {
     use std::io::IsTerminal;
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let color = match COLOR.get().copied().unwrap_or_default() {
+        args::ColorChoice::Always => true,
+        args::ColorChoice::Never => false,
+        args::ColorChoice::Auto => {
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
     let (red, bold) = (
         anstyle::AnsiColor::Red.on_default().bold(),
         anstyle::Style::new().bold(),

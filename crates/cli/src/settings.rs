@@ -55,7 +55,7 @@ impl ConfigFile {
             Ok(text) if text.trim().is_empty() => Ok(ConfigFile::default()),
             Ok(text) => serde_yaml::from_str(&text).map_err(|e| {
                 CliError::failure(format!("{}: {e}", path.display()))
-                    .hint("fix or remove the file; `mahler config set-context` rewrites it")
+                    .hint("fix or remove the file (MAHLER_CONFIG points at another one)")
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
             Err(e) => Err(CliError::failure(format!("{}: {e}", path.display()))),

@@ -133,7 +133,7 @@ async fn resolve(
             cache.insert(key, found.clone());
             Ok(found)
         }
-        Err(kube::Error::Discovery(_)) | Err(kube::Error::Api(_)) => {
+        Err(kube::Error::Discovery(_)) => {
             let mut err = CliError::failure(format!(
                 "{origin}: the cluster does not serve kind {} in {}",
                 gvk.kind,
@@ -160,6 +160,11 @@ async fn resolve(
             }
             Err(err)
         }
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(CliError::failure(format!(
+            "{origin}: the cluster does not serve {}/{}",
+            gvk.group, gvk.version
+        ))
+        .hint("are Mahler's CRDs installed? (docs/install.md)")),
         Err(e) => Err(crate::error::from_kube(e, origin, "the cluster")),
     }
 }
@@ -359,9 +364,10 @@ async fn wait_namespace(ctx: &Ctx, ns: &str) -> Result<()> {
     let exists = kube::runtime::wait::await_condition(api, ns, |n: Option<&Namespace>| n.is_some());
     match tokio::time::timeout(std::time::Duration::from_secs(60), exists).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(CliError::failure(format!(
-            "waiting for namespace {ns}: {e}"
-        ))),
+        Ok(Err(e)) => Err(crate::error::from_wait(
+            e,
+            &format!("waiting for namespace {ns}"),
+        )),
         Err(_) => Err(CliError::new(
             crate::error::Exit::NotReady,
             format!("namespace {ns} did not appear within 60s"),

@@ -104,6 +104,13 @@ where
         Err(kube::Error::Api(s)) if s.is_already_exists() => {
             Err(CliError::failure(format!("{what} already exists")).hint(instead.to_string()))
         }
+        // The namespace of an Environment the operator has not made yet.
+        Err(kube::Error::Api(s))
+            if s.code == 404 && s.details.as_ref().is_some_and(|d| d.kind == "namespaces") =>
+        {
+            Err(CliError::new(Exit::NotReady, format!("{what}: {}", crate::error::api_message(&s)))
+                .hint("the operator makes the namespace from the Environment: `mahler env create ... --wait` waits for it"))
+        }
         Err(e) => Err(ctx.cluster.err(what)(e)),
     }
 }
@@ -133,9 +140,10 @@ where
             println!("{qualified_name} deleted");
             Ok(())
         }
-        Ok(Err(e)) => Err(CliError::failure(format!(
-            "{what}: watching the deletion: {e}"
-        ))),
+        Ok(Err(e)) => Err(crate::error::from_wait(
+            e,
+            &format!("watching the deletion of {what}"),
+        )),
         Err(_) => Err(CliError::new(
             Exit::NotReady,
             format!(
@@ -263,13 +271,22 @@ pub async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
             let project = match project {
                 Some(p) => p,
                 None => {
-                    // shop-staging → shop, when that project exists.
-                    let guess = full.split_once('-').map(|(p, _)| p.to_string());
-                    guess.ok_or_else(|| {
-                        CliError::usage(format!(
-                            "env create {name}: no project: pass --project (environments are named <project>-<env>)"
-                        ))
-                    })?
+                    // my-shop-staging → my-shop: the longest prefix that is a project.
+                    let projects = Api::<Project>::all(ctx.client())
+                        .list_metadata(&ListParams::default())
+                        .await
+                        .map_err(ctx.cluster.err("projects"))?;
+                    projects
+                        .items
+                        .iter()
+                        .map(|p| p.name_any())
+                        .filter(|p| full.starts_with(&format!("{p}-")))
+                        .max_by_key(|p| p.len())
+                        .ok_or_else(|| {
+                            CliError::usage(format!(
+                                "env create {name}: no project: pass --project (environments are named <project>-<env>)"
+                            ))
+                        })?
                 }
             };
             ctx.cluster.project(&project).await?;
