@@ -132,11 +132,7 @@ impl Cluster {
         match api.get_opt(name).await.map_err(self.err("Environment"))? {
             Some(e) => Ok(e),
             None => {
-                let known = api
-                    .list(&ListParams::default())
-                    .await
-                    .map(|l| l.items.iter().map(|e| e.name_any()).collect::<Vec<_>>())
-                    .unwrap_or_default();
+                let known = names(&api).await;
                 Err(CliError::not_found(format!(
                     "Environment {name} not found{}",
                     did_you_mean(name, known.iter().map(String::as_str))

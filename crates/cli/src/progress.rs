@@ -232,10 +232,10 @@ where
                         "waiting for the operator to observe generation {}",
                         obj.meta().generation.unwrap_or_default()
                     ),
-                    st if s.reason.is_empty() || s.reason == format_state(st) => {
-                        format!("{}: {}", format_state(st), s.message)
+                    st if s.reason.is_empty() || s.reason == st.as_str() => {
+                        format!("{}: {}", st.as_str(), s.message)
                     }
-                    st => format!("{} {}: {}", format_state(st), s.reason, s.message),
+                    st => format!("{} {}: {}", st.as_str(), s.reason, s.message),
                 };
                 if line != last_line {
                     let painted = match s.state {
@@ -302,15 +302,6 @@ where
                 }
             }
         }
-    }
-}
-
-fn format_state(s: State) -> &'static str {
-    match s {
-        State::Ready => "Ready",
-        State::Progressing => "Progressing",
-        State::Stalled => "Stalled",
-        State::Unknown => "Unknown",
     }
 }
 

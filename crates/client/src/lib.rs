@@ -36,16 +36,24 @@ impl Environment {
         let environment = Api::<mahler_api::Environment>::all(client.clone())
             .get(name)
             .await?;
+        Self::read_in(client, environment).await
+    }
+
+    /// The Services and Connections of an Environment already read: one
+    /// LIST per kind, both at once.
+    pub async fn read_in(
+        client: &Client,
+        environment: mahler_api::Environment,
+    ) -> Result<Self, kube::Error> {
         let ns = environment.namespace_name();
         let lp = ListParams::default();
-        let mut services = Api::<Service>::namespaced(client.clone(), &ns)
-            .list(&lp)
-            .await?
-            .items;
-        let mut connections = Api::<Connection>::namespaced(client.clone(), &ns)
-            .list(&lp)
-            .await?
-            .items;
+        let (services, connections) = (
+            Api::<Service>::namespaced(client.clone(), &ns),
+            Api::<Connection>::namespaced(client.clone(), &ns),
+        );
+        let (services, connections) =
+            futures::try_join!(services.list(&lp), connections.list(&lp))?;
+        let (mut services, mut connections) = (services.items, connections.items);
         services.sort_by_key(|s| s.name_any());
         connections.sort_by_key(|c| c.name_any());
         Ok(Environment {

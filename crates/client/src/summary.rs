@@ -19,6 +19,17 @@ pub enum State {
     Unknown,
 }
 
+impl State {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Ready => "Ready",
+            State::Progressing => "Progressing",
+            State::Stalled => "Stalled",
+            State::Unknown => "Unknown",
+        }
+    }
+}
+
 /// An object's state, the reason and message behind it, and the fields it
 /// uses that this version of Mahler does not implement yet.
 #[derive(Clone, Debug, PartialEq, Eq)]

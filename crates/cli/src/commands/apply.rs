@@ -15,7 +15,9 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Client, ResourceExt};
 use mahler_api::{Connection, Environment, GROUP, Project, ResourceTemplate};
 
-use super::objects::{connection_conditions, wait_service};
+use super::objects::{
+    connection_conditions, env_conditions, project_conditions, template_conditions, wait_service,
+};
 use super::{Ctx, FIELD_MANAGER};
 use crate::args::ApplyArgs;
 use crate::error::{CliError, Result, api_message};
@@ -408,12 +410,7 @@ async fn wait_for_kind(
                 kind,
                 name,
                 timeout,
-                |o| {
-                    o.status
-                        .as_ref()
-                        .map(|s| s.conditions.as_slice())
-                        .unwrap_or_default()
-                },
+                project_conditions,
                 None,
             )
             .await?;
@@ -425,12 +422,7 @@ async fn wait_for_kind(
                 kind,
                 name,
                 timeout,
-                |o| {
-                    o.status
-                        .as_ref()
-                        .map(|s| s.conditions.as_slice())
-                        .unwrap_or_default()
-                },
+                env_conditions,
                 None,
             )
             .await?;
@@ -442,12 +434,7 @@ async fn wait_for_kind(
                 kind,
                 name,
                 timeout,
-                |o| {
-                    o.status
-                        .as_ref()
-                        .map(|s| s.conditions.as_slice())
-                        .unwrap_or_default()
-                },
+                template_conditions,
                 None,
             )
             .await?;

@@ -22,13 +22,19 @@ use crate::progress::{Children, wait_ready};
 use crate::render;
 use crate::settings::full_environment_name;
 
-fn project_conditions(o: &Project) -> &[Condition] {
+pub fn project_conditions(o: &Project) -> &[Condition] {
     o.status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default()
 }
-fn env_conditions(o: &Environment) -> &[Condition] {
+pub fn env_conditions(o: &Environment) -> &[Condition] {
+    o.status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default()
+}
+pub fn template_conditions(o: &mahler_api::ResourceTemplate) -> &[Condition] {
     o.status
         .as_ref()
         .map(|s| s.conditions.as_slice())

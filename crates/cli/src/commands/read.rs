@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use mahler_client::explain::Warning;
-use mahler_client::summary::{State, Summary};
+use mahler_client::summary::Summary;
 use mahler_client::{Environment as EnvView, Graph};
 use serde_json::json;
 
@@ -20,37 +20,15 @@ async fn read(ctx: &Ctx, explicit: Option<&str>) -> Result<EnvView> {
     // The Environment first, for "did you mean"; then one LIST per kind.
     let environment = ctx.cluster.environment(&name).await?;
     let ns = environment.namespace_name();
-    let lp = ListParams::default();
-    let (services_api, connections_api) = (
-        Api::<mahler_api::Service>::namespaced(ctx.client(), &ns),
-        Api::<mahler_api::Connection>::namespaced(ctx.client(), &ns),
-    );
-    let (services, connections) =
-        futures::try_join!(services_api.list(&lp), connections_api.list(&lp))
-            .map_err(ctx.cluster.err(&format!("the objects of {ns}")))?;
-    let mut view = EnvView {
-        environment,
-        services: services.items,
-        connections: connections.items,
-    };
-    view.services.sort_by_key(|s| s.name_any());
-    view.connections.sort_by_key(|c| c.name_any());
-    Ok(view)
-}
-
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Ready => "Ready",
-        State::Progressing => "Progressing",
-        State::Stalled => "Stalled",
-        State::Unknown => "Unknown",
-    }
+    EnvView::read_in(&ctx.client(), environment)
+        .await
+        .map_err(ctx.cluster.err(&format!("the objects of {ns}")))
 }
 
 fn summary_json(s: &Summary) -> serde_json::Value {
     json!({
         "name": s.name,
-        "state": state_name(s.state),
+        "state": s.state.as_str(),
         "reason": s.reason,
         "message": s.message,
         "url": s.url,
@@ -170,7 +148,7 @@ pub async fn explain(ctx: &Ctx, name: &str) -> Result<()> {
                 .iter()
                 .map(|s| {
                     json!({
-                        "depth": s.depth, "object": s.object, "state": state_name(s.state),
+                        "depth": s.depth, "object": s.object, "state": s.state.as_str(),
                         "reason": s.reason, "details": s.details, "next": s.next,
                     })
                 })
