@@ -7,6 +7,7 @@
 #   hack/cluster.sh up   [name]  start it (idempotent); prints `export KUBECONFIG=...`
 #   hack/cluster.sh down [name]  stop it and delete its state
 #   hack/cluster.sh kubeconfig [name]
+#   hack/cluster.sh token USER [name]   the bearer token of a local user
 #
 # State lives in ${MAHLER_CLUSTER_DIR:-<repo>/.cluster}/<name>; the audit log
 # of every write is in <dir>/clusters/<name>/logs/audit.log.
@@ -20,6 +21,9 @@ kubeconfig=$dir/kubeconfig
 export KWOK_WORKDIR=$dir
 
 tools=$("$root/hack/tools.sh" dir etcd kubernetes kwok)
+# The token users (docs/access.md): matching the example Project shop
+# (manifests/examples/00-shop-project.yaml), and one in no project.
+users="shop-admin prod-owner shop-viewer shop-dev outsider"
 kwokctl=$tools/kwokctl
 
 up() {
@@ -28,6 +32,15 @@ up() {
     echo "cluster $name already running" >&2
   else
     "$kwokctl" delete cluster --name "$name" >/dev/null 2>&1 || true
+    # Named users with static bearer tokens (kube-apiserver --token-auth-file),
+    # so tests and `make run` act as them: kubectl --context shop-dev,
+    # mahler --kube-context shop-dev, curl -H "Authorization: Bearer ..." to
+    # the REST API. Fresh random tokens per cluster; `users` lists them.
+    : > "$dir/tokens.csv"
+    chmod 600 "$dir/tokens.csv"
+    for user in $users; do
+      echo "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'),$user,uid-$user,\"mahler-local-users\"" >> "$dir/tokens.csv"
+    done
     cat > "$dir/audit-policy.yaml" <<'YAML'
 # Writes only, at Metadata level: tests count the operator's writes here.
 # Every request of a ServiceAccount (the chart's operator, each environment's
@@ -71,11 +84,21 @@ componentsPatches:
   extraArgs:
   - key: service-cluster-ip-range
     value: 10.96.0.0/16
+  - key: token-auth-file
+    value: $dir/tokens.csv
 YAML
     rm -f "$kubeconfig"
     "$kwokctl" create cluster --name "$name" -c "$dir/kwokctl.yaml" --kubeconfig "$kubeconfig" --wait 120s >"$dir/create.log" 2>&1 ||
       { cat "$dir/create.log" >&2; exit 1; }
     "$kwokctl" scale node --name "$name" --replicas "${MAHLER_NODES:-3}" >>"$dir/create.log" 2>&1
+    # A kubeconfig context per token user, on the same cluster.
+    local kc=("$tools/kubectl" --kubeconfig "$kubeconfig")
+    local cluster
+    cluster=$("${kc[@]}" config view -o jsonpath='{.clusters[0].name}')
+    while IFS=, read -r token user _; do
+      "${kc[@]}" config set-credentials "$user" --token="$token" >/dev/null
+      "${kc[@]}" config set-context "$user" --cluster="$cluster" --user="$user" >/dev/null
+    done < "$dir/tokens.csv"
   fi
   echo "export KUBECONFIG=$kubeconfig"
 }
@@ -89,5 +112,6 @@ case $cmd in
   up) up ;;
   down) down ;;
   kubeconfig) echo "$kubeconfig" ;;
-  *) echo "usage: $0 up|down|kubeconfig [name]" >&2; exit 2 ;;
+  token) awk -F, -v u="$name" '$2 == u {print $1}' "${MAHLER_CLUSTER_DIR:-$root/.cluster}/${3:-${MAHLER_CLUSTER:-mahler}}/tokens.csv" ;;
+  *) echo "usage: $0 up|down|kubeconfig [name] | token USER [name]" >&2; exit 2 ;;
 esac

@@ -27,3 +27,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "mahler.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/*
+CEL: the request is not by one of the controllers that act on behalf of an
+already authorised change (the operator, the namespace controller, the
+garbage collector).
+*/}}
+{{- define "mahler.policyExemptUsers" -}}
+{{- $users := list (printf "system:serviceaccount:%s:%s" .Release.Namespace (include "mahler.serviceAccountName" .)) "system:serviceaccount:kube-system:namespace-controller" "system:serviceaccount:kube-system:generic-garbage-collector" "system:kube-controller-manager" -}}
+{{- printf "!(request.userInfo.username in [%s])" (include "mahler.quoteAll" $users) | quote -}}
+{{- end }}
+
+{{- define "mahler.quoteAll" -}}
+{{- $out := list -}}
+{{- range . }}{{ $out = append $out (printf "'%s'" .) }}{{ end -}}
+{{- join ", " $out -}}
+{{- end }}

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name: must be a DNS label (lowercase letters, digits, '-')"),
     validation = Rule::new("self.metadata.name.startsWith(self.spec.project + '-') && self.metadata.name.size() > self.spec.project.size() + 1").message("metadata.name: must be '<spec.project>-<environment>', e.g. shop-staging for project shop"),
     validation = Rule::new("!has(self.spec.cloneFrom) || self.spec.cloneFrom != self.metadata.name").message("spec.cloneFrom: an environment cannot clone itself"),
+    validation = Rule::new("!has(self.spec.protected) || !self.spec.protected || (has(self.spec.owners) && size(self.spec.owners) > 0)").message("spec.owners: a protected environment needs at least one owner (only its owners may change it)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentSpec {
@@ -32,11 +33,16 @@ pub struct EnvironmentSpec {
     #[schemars(length(min = 1, max = 30))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.project is immutable"))]
     pub project: String,
-    /// Users or groups who may deploy, approve plans and delete in this environment.
+    /// Users or groups who may deploy, approve plans and delete in this
+    /// environment: bound to the ClusterRole `mahler-owner` in its namespace,
+    /// and to rights on this Environment object (docs/access.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub owners: Vec<Owner>,
-    /// When true, only owners may change this environment's objects.
+    /// When true, only owners may create, change or delete this
+    /// environment's Services and Connections, or the Environment itself
+    /// (turning protection off included): enforced by the API server
+    /// (docs/access.md). Needs at least one owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected: Option<bool>,
     /// Another Environment of the same Project whose Services and Connections

@@ -26,7 +26,10 @@ pub struct ProjectSpec {
     /// Human-readable name shown by the CLI and UIs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    /// Project-wide roles. Each member names exactly one of `user` or `group`.
+    /// Project-wide roles. Each member names exactly one of `user` or
+    /// `group`; the operator binds its role in every Environment of the
+    /// Project and grants read access to the Project and its Environments
+    /// (docs/access.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub members: Vec<Member>,

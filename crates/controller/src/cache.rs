@@ -23,6 +23,7 @@ use futures::{Future, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -48,6 +49,11 @@ pub struct Caches {
     pub deployments: ChildStore<Deployment>,
     pub kube_services: ChildStore<KubeService>,
     pub network_policies: ChildStore<NetworkPolicy>,
+    /// Access from members and owners (`mahler_core::access`); cluster-scoped
+    /// ones under the namespace "".
+    pub role_bindings: ChildStore<RoleBinding>,
+    pub cluster_roles: ChildStore<ClusterRole>,
+    pub cluster_role_bindings: ChildStore<ClusterRoleBinding>,
 }
 
 /// The writers of [`Caches`], consumed by [`Caches::feed_children`].
@@ -56,6 +62,9 @@ pub struct ChildWriters {
     deployments: ChildStoreWriter<Deployment>,
     kube_services: ChildStoreWriter<KubeService>,
     network_policies: ChildStoreWriter<NetworkPolicy>,
+    role_bindings: ChildStoreWriter<RoleBinding>,
+    cluster_roles: ChildStoreWriter<ClusterRole>,
+    cluster_role_bindings: ChildStoreWriter<ClusterRoleBinding>,
 }
 
 /// Builds [`Caches`]: one store per registered kind, plus the children's.
@@ -87,6 +96,10 @@ impl CachesBuilder {
         let (deployments, deployments_w) = ChildStore::<Deployment>::new();
         let (kube_services, kube_services_w) = ChildStore::<KubeService>::new();
         let (network_policies, network_policies_w) = ChildStore::<NetworkPolicy>::new();
+        let (role_bindings, role_bindings_w) = ChildStore::<RoleBinding>::new();
+        let (cluster_roles, cluster_roles_w) = ChildStore::<ClusterRole>::new();
+        let (cluster_role_bindings, cluster_role_bindings_w) =
+            ChildStore::<ClusterRoleBinding>::new();
         let caches = Caches {
             kinds: Arc::new(self.kinds),
             waits: Arc::new(self.waits),
@@ -94,12 +107,18 @@ impl CachesBuilder {
             deployments,
             kube_services,
             network_policies,
+            role_bindings,
+            cluster_roles,
+            cluster_role_bindings,
         };
         let writers = ChildWriters {
             namespaces: namespaces_w,
             deployments: deployments_w,
             kube_services: kube_services_w,
             network_policies: network_policies_w,
+            role_bindings: role_bindings_w,
+            cluster_roles: cluster_roles_w,
+            cluster_role_bindings: cluster_role_bindings_w,
         };
         (caches, writers)
     }
@@ -123,6 +142,9 @@ impl Caches {
             self.deployments.wait_until_ready(),
             self.kube_services.wait_until_ready(),
             self.network_policies.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
+            self.cluster_roles.wait_until_ready(),
+            self.cluster_role_bindings.wait_until_ready(),
         );
     }
 
@@ -208,14 +230,43 @@ impl Caches {
             writers.kube_services,
             move |s: &ChildObject<KubeService>| routes::child_changed(s, &w),
         );
+        let w = wake.clone();
         let network_policies = feed_children(
+            Api::all(client.clone()),
+            managed.clone(),
+            writers.network_policies,
+            move |np: &ChildObject<NetworkPolicy>| routes::child_changed(np, &w),
+        );
+        let w = wake.clone();
+        let role_bindings = feed_children(
+            Api::all(client.clone()),
+            managed.clone(),
+            writers.role_bindings,
+            move |rb: &ChildObject<RoleBinding>| routes::child_changed(rb, &w),
+        );
+        let w = wake.clone();
+        let cluster_roles = feed_children(
+            Api::all(client.clone()),
+            managed.clone(),
+            writers.cluster_roles,
+            move |cr: &ChildObject<ClusterRole>| routes::child_changed(cr, &w),
+        );
+        let cluster_role_bindings = feed_children(
             Api::all(client),
             managed,
-            writers.network_policies,
-            move |np: &ChildObject<NetworkPolicy>| routes::child_changed(np, &wake),
+            writers.cluster_role_bindings,
+            move |crb: &ChildObject<ClusterRoleBinding>| routes::child_changed(crb, &wake),
         );
         async move {
-            futures::join!(namespaces, deployments, kube_services, network_policies);
+            futures::join!(
+                namespaces,
+                deployments,
+                kube_services,
+                network_policies,
+                role_bindings,
+                cluster_roles,
+                cluster_role_bindings
+            );
         }
     }
 }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
@@ -65,6 +66,21 @@ impl ChildKind for KubeService {
 }
 
 impl ChildKind for NetworkPolicy {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
+impl ChildKind for RoleBinding {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
+impl ChildKind for ClusterRole {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
+impl ChildKind for ClusterRoleBinding {
     type Status = ();
     fn status(_: Option<Value>) {}
 }

@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, apply, finalizer, status};
+use super::{Context, Error, access, apply, finalizer, status, valid_ref};
 use mahler_api::{Environment, EnvironmentStatus, Health};
 use mahler_core::environment::{
     DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace,
@@ -48,7 +48,7 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
             "ProjectDeleting",
             format!("Project {project} is being deleted"),
         ),
-        Some(_) => match namespace {
+        Some(p) => match namespace {
             None if foreign_namespace_exists(ctx, env, &ns_name).await? => Health::stalled(
                 "NamespaceConflict",
                 format!(
@@ -67,6 +67,8 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
                     .network_policies
                     .get(&ns_name, DEFAULT_DENY_POLICY);
                 wrote |= apply::apply(ctx, desired_default_deny(env), policy.into()).await?;
+                // Members (by their project role) and owners.
+                wrote |= access::apply_environment(ctx, env, valid_ref(&p)).await?;
                 let active = observed
                     .as_ref()
                     .and_then(|ns| ns.status.as_ref())

@@ -15,6 +15,7 @@
 //! Must not: build CRD types' schemas (`mahler-api`), decide what objects
 //! should look like (`mahler-core`), or run processes (`mahler-engine`).
 
+mod access;
 pub mod apply;
 pub mod cache;
 mod child;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, apply, finalizer, status};
+use super::{Context, Error, access, apply, finalizer, status};
 use mahler_api::{Health, Project, ProjectStatus};
 
 #[tracing::instrument(skip_all, fields(project = %project.name_any()))]
@@ -36,6 +36,9 @@ pub(crate) async fn pass(project: &Project, ctx: &Context) -> Result<Action, Err
     }
 
     finalizer::ensure(ctx, project).await?;
+    // Members' access to the Project and its Environments (the bindings in
+    // each environment namespace are the Environments' passes).
+    access::apply_project(ctx, project, &names).await?;
     let health = Health::ready(format!("{} environment(s)", names.len()));
     write_status(ctx, project, &health, names).await?;
     Ok(ctx.resync())

@@ -141,6 +141,7 @@ pub fn child_changed<K: Resource>(child: &K, wake: &dyn Fn(Wake)) {
         "Service" => Wake::of::<Service>(ns.as_deref(), &owner.name),
         "Connection" => Wake::of::<Connection>(ns.as_deref(), &owner.name),
         "Environment" => Wake::of::<Environment>(None, &owner.name),
+        "Project" => Wake::of::<Project>(None, &owner.name),
         _ => return,
     };
     wake(target);

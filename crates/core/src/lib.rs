@@ -4,12 +4,15 @@
 //!
 //! - [`environment`], [`workload`]: the Kubernetes objects an Environment,
 //!   a Service and a Connection become, and the rollout they report.
+//! - [`access`]: the RBAC objects Project members and Environment owners
+//!   become.
 //! - [`digest`]: whether an observed object already is what would be applied.
 //! - [`terraform`]: workspaces (render, hash, input validation), the
 //!   OpenTofu `-json` stream, state-lock verdicts, plans and outputs, the job
 //!   vocabulary the engine runs, and [`terraform::decide`], the template
 //!   Service state machine.
 
+pub mod access;
 pub mod digest;
 pub mod environment;
 pub mod terraform;

@@ -14,12 +14,7 @@ pub trait NotImplemented {
 
 impl NotImplemented for Project {
     fn not_implemented(&self) -> Vec<&'static str> {
-        let mut fields = Vec::new();
-        if !self.spec.members.is_empty() {
-            // Issue 12: RBAC bindings from members.
-            fields.push("spec.members");
-        }
-        fields
+        Vec::new()
     }
 }
 
@@ -27,10 +22,6 @@ impl NotImplemented for Environment {
     fn not_implemented(&self) -> Vec<&'static str> {
         let spec = &self.spec;
         let mut fields = Vec::new();
-        if spec.protected == Some(true) {
-            // Issue 12: protected environments (admission policy).
-            fields.push("spec.protected");
-        }
         if spec.clone_from.is_some() {
             // Preview environments.
             fields.push("spec.cloneFrom");
@@ -93,29 +84,28 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(
-            env.not_implemented().is_empty(),
-            "protected: false is what happens anyway"
-        );
+        assert!(env.not_implemented().is_empty());
+        // Protected environments and members are implemented (issue 12).
         env.spec.protected = Some(true);
+        assert!(env.not_implemented().is_empty());
         env.spec.clone_from = Some("shop-production".into());
+        env.spec.telemetry = Some(Default::default());
         assert_eq!(
             env.not_implemented(),
-            vec!["spec.protected", "spec.cloneFrom"]
+            vec!["spec.cloneFrom", "spec.telemetry"]
         );
         assert_eq!(
             message(&env.not_implemented()),
-            "spec.protected, spec.cloneFrom are accepted but not implemented yet in this version of Mahler and have no effect; see docs/crds.md"
+            "spec.cloneFrom, spec.telemetry are accepted but not implemented yet in this version of Mahler and have no effect; see docs/crds.md"
         );
 
         let mut project = Project::new("shop", ProjectSpec::default());
-        assert!(project.not_implemented().is_empty());
         project.spec.members.push(Member {
             user: Some("alice".into()),
             group: None,
             role: Role::Admin,
         });
-        assert_eq!(project.not_implemented(), vec!["spec.members"]);
+        assert!(project.not_implemented().is_empty());
 
         let mut svc = Service::new("api", ServiceSpec::default());
         assert!(svc.not_implemented().is_empty());
