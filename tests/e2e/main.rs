@@ -2,6 +2,7 @@
 //! Run with `make test`. Each test is a user story: apply manifests, expect
 //! objects and status.
 
+mod access;
 mod chart;
 mod cli;
 mod gitops;

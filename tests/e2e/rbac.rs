@@ -26,6 +26,14 @@ const AUTHORIZATION_ONLY: &[(&str, &str, &str, &str)] = &[
         "bind",
         "RoleBinding escalation check",
     ),
+    // RBAC's escalation check: creating the per-project ClusterRoles of
+    // members and owners needs their rules held (docs/access.md).
+    ("mahler.dev", "projects", "get", "held to grant it"),
+    ("mahler.dev", "projects", "update", "held to grant it"),
+    ("mahler.dev", "projects", "delete", "held to grant it"),
+    ("mahler.dev", "environments", "get", "held to grant it"),
+    ("mahler.dev", "environments", "create", "held to grant it"),
+    ("mahler.dev", "environments", "update", "held to grant it"),
     // OwnerReferencesPermissionEnforcement (OpenShift, hardened clusters):
     // setting blockOwnerDeletion on an owned object needs `update` on the
     // owner's finalizers subresource.
