@@ -565,3 +565,71 @@ async fn one_projects_secrets_cannot_be_read_from_another() {
     assert!(!ok, "vault's member listed shop's secrets");
     env.kubectl(&["delete", "project", "vault", "thief", "--wait=false"]);
 }
+
+#[tokio::test]
+async fn cli_commands_work_as_each_local_user() {
+    let _guard = shared().await;
+    let env = env();
+    fixtures(env).await;
+    let cli = crate::cli::Cli::new("access-users");
+    let status = cli
+        .run(&["--kube-context", "shop-viewer", "status", "shop-staging"])
+        .ok();
+    assert!(status.stdout.contains("matrix-web"), "{}", status.stdout);
+    cli.run(&[
+        "--kube-context",
+        "shop-dev",
+        "deploy",
+        "matrix-db",
+        "--image",
+        "db:2",
+        "--env",
+        "shop-staging",
+    ])
+    .ok();
+    let refused = cli
+        .run(&[
+            "--kube-context",
+            "shop-dev",
+            "deploy",
+            "matrix-db",
+            "--image",
+            "db:2",
+            "--env",
+            "shop-production",
+        ])
+        .fails(5);
+    assert!(
+        refused
+            .stderr
+            .contains("Environment shop-production is protected (spec.protected) and only its owners may change it: user:prod-owner"),
+        "{}",
+        refused.stderr
+    );
+    cli.run(&[
+        "--kube-context",
+        "prod-owner",
+        "deploy",
+        "matrix-db",
+        "--image",
+        "db:2",
+        "--env",
+        "shop-production",
+    ])
+    .ok();
+    cli.run(&["--kube-context", "outsider", "status", "shop-staging"])
+        .fails(5);
+    let viewer = cli
+        .run(&[
+            "--kube-context",
+            "shop-viewer",
+            "deploy",
+            "matrix-db",
+            "--image",
+            "db:3",
+            "--env",
+            "shop-staging",
+        ])
+        .fails(5);
+    assert!(viewer.stderr.contains("shop-viewer"), "{}", viewer.stderr);
+}

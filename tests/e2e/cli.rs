@@ -70,7 +70,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn ok(self) -> Self {
+    pub fn ok(self) -> Self {
         assert_eq!(
             self.code, 0,
             "stdout:\n{}\nstderr:\n{}",
@@ -81,7 +81,7 @@ impl Run {
 
     /// Exits `code` with one error line (and maybe a hint): never a
     /// backtrace, a panic or a JSON body.
-    fn fails(self, code: i32) -> Self {
+    pub fn fails(self, code: i32) -> Self {
         assert_eq!(
             self.code, code,
             "stdout:\n{}\nstderr:\n{}",

@@ -206,8 +206,8 @@ pub enum ProjectCommand {
         #[arg(long)]
         display_name: Option<String>,
         /// A member as user:NAME=ROLE or group:NAME=ROLE (admin, developer,
-        /// viewer); repeatable. Not bound yet: the Project reports
-        /// NotImplemented until member roles land.
+        /// viewer); repeatable. The operator binds the role in every
+        /// environment of the project (docs/access.md).
         #[arg(long = "member", value_name = "KIND:NAME=ROLE")]
         members: Vec<String>,
         #[command(flatten)]
@@ -246,8 +246,8 @@ pub enum EnvCommand {
         /// An owner as user:NAME or group:NAME; repeatable.
         #[arg(long = "owner", value_name = "KIND:NAME")]
         owners: Vec<String>,
-        /// Only owners may change it. Not enforced yet: the Environment
-        /// reports NotImplemented until protected environments land.
+        /// Only owners may change it or its services and connections
+        /// (enforced by the API server; needs an --owner).
         #[arg(long)]
         protected: bool,
         #[command(flatten)]
