@@ -576,6 +576,41 @@ async fn cli_commands_work_as_each_local_user() {
         .run(&["--kube-context", "shop-viewer", "status", "shop-staging"])
         .ok();
     assert!(status.stdout.contains("matrix-web"), "{}", status.stdout);
+    // Members may not list Environments; the CLI shows the ones they may get.
+    let envs = cli
+        .run(&["--kube-context", "shop-viewer", "env", "list", "-o", "name"])
+        .ok();
+    let mut listed: Vec<&str> = envs.stdout.lines().collect();
+    listed.sort();
+    assert!(
+        listed.iter().any(|l| l.ends_with("shop-production"))
+            && listed.iter().any(|l| l.ends_with("shop-staging")),
+        "{}",
+        envs.stdout
+    );
+    assert!(
+        listed.iter().all(|l| l.contains("shop-")),
+        "another project's environment: {}",
+        envs.stdout
+    );
+    let projects = cli
+        .run(&[
+            "--kube-context",
+            "prod-owner",
+            "project",
+            "list",
+            "-o",
+            "name",
+        ])
+        .ok();
+    assert_eq!(
+        projects.stdout.trim().rsplit('/').next(),
+        Some("shop"),
+        "{}",
+        projects.stdout
+    );
+    cli.run(&["--kube-context", "outsider", "env", "list"])
+        .fails(5);
     cli.run(&[
         "--kube-context",
         "shop-dev",

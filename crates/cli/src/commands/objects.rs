@@ -245,11 +245,7 @@ pub async fn project(ctx: &Ctx, cmd: ProjectCommand) -> Result<()> {
             Ok(())
         }
         ProjectCommand::List => {
-            let items = api
-                .list(&ListParams::default())
-                .await
-                .map_err(ctx.cluster.err("projects"))?
-                .items;
+            let items: Vec<Project> = ctx.cluster.list_visible("projects").await?;
             show(ctx, &items, false, render::projects)
         }
         ProjectCommand::Get { name } => {
@@ -333,11 +329,7 @@ pub async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<()> {
             Ok(())
         }
         EnvCommand::List => {
-            let mut items = api
-                .list(&ListParams::default())
-                .await
-                .map_err(ctx.cluster.err("environments"))?
-                .items;
+            let mut items: Vec<Environment> = ctx.cluster.list_visible("environments").await?;
             if let Some(p) = &project {
                 items.retain(|e| &e.spec.project == p);
             }
