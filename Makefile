@@ -5,12 +5,14 @@ CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
+.PHONY: openapi
 
 all: build
 
 build:
 	$(CARGO) build --release --bin mahler-operator
 	$(CARGO) build --release -p mahler-cli
+	$(CARGO) build --release -p mahler-server
 
 # The CLI alone: target/release/mahler and kubectl-mahler (docs/cli.md).
 cli:
@@ -21,6 +23,10 @@ tools:
 
 crds:
 	$(CARGO) run --quiet -p mahler-api --bin crdgen
+
+# The REST API's OpenAPI document (a test in crates/server fails when it is stale).
+openapi:
+	$(CARGO) run --quiet -p mahler-server -- openapi > docs/openapi.json
 
 # The kustomize bundle and the Argo CD health ConfigMap, rendered from the
 # chart (a test fails when they are stale).

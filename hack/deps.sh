@@ -4,7 +4,8 @@
 #   - mahler-api and mahler-core have no Kubernetes client and no async runtime;
 #   - mahler-engine has no Kubernetes client;
 #   - mahler-client (and so the CLI, the REST server, the Terraform
-#     provider) compiles neither the engine nor the reconcilers.
+#     provider) compiles neither the engine nor the reconcilers;
+#   - mahler-server (the REST server) neither, nor mahler-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail=0
@@ -27,5 +28,6 @@ forbid mahler-core kube-client kube-runtime tokio hyper mahler-engine mahler-con
 forbid mahler-engine kube-client kube-runtime hyper mahler-controller mahler-client
 forbid mahler-client mahler-core mahler-engine mahler-controller
 forbid mahler-cli mahler-core mahler-engine mahler-controller axum jsonschema
+forbid mahler-server mahler-core mahler-engine mahler-controller
 [[ $fail == 0 ]] && echo "dependency rules hold"
 exit $fail

@@ -4,6 +4,7 @@
 #   hack/image.sh [OPERATOR_BINARY] [TAG]
 #
 # OPERATOR_BINARY defaults to target/release/mahler-operator (`make image`);
+# mahler-server is taken from beside it (or MAHLER_SERVER_BINARY);
 # TAG to localhost/mahler-operator:<crate version>. Prints the image ID.
 # Needs root or a user namespace (buildah), and Debian's buildah package.
 set -euo pipefail
@@ -29,6 +30,16 @@ mkdir -p "$rootfs"/{usr/bin,usr/lib/git-core,etc/ssl/certs,tmp,lib,lib64} \
 # Binaries. The operator is stripped (a debug build carries debug info).
 cp "$bin" "$opfs/usr/local/bin/mahler-operator"
 strip "$opfs/usr/local/bin/mahler-operator" 2>/dev/null || true
+# The REST API (charts/mahler/templates/api-server.yaml runs it), built
+# beside the operator (`make build`).
+server=${MAHLER_SERVER_BINARY:-$(dirname "$bin")/mahler-server}
+# (`make image` always has it; without one the image has no REST API.)
+if [[ -x $server ]]; then
+  cp "$server" "$opfs/usr/local/bin/mahler-server"
+  strip "$opfs/usr/local/bin/mahler-server" 2>/dev/null || true
+else
+  echo "warning: no mahler-server binary at $server (\`make build\`): the image has no REST API" >&2
+fi
 cp -L "$tools/tofu" "$tofufs/usr/local/bin/tofu"
 cp /usr/bin/git "$rootfs/usr/bin/git"
 for helper in git-remote-http git-remote-https; do
@@ -40,7 +51,7 @@ rm -f "$tofufs/usr/share/mahler/providers/.complete"
 
 # The shared libraries every binary loads (tofu is static), at the paths the
 # dynamic loader looks them up.
-for b in "$opfs/usr/local/bin/mahler-operator" "$rootfs/usr/bin/git" "$rootfs"/usr/lib/git-core/*; do
+for b in "$opfs"/usr/local/bin/* "$rootfs/usr/bin/git" "$rootfs"/usr/lib/git-core/*; do
   ldd "$b" 2>/dev/null | awk '/=>/ {print $3} /^[ \t]*\/lib/ {print $1}' | grep '^/' || true
 done | sort -u | while read -r lib; do
   mkdir -p "$rootfs$(dirname "$lib")"
