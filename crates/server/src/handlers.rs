@@ -128,16 +128,37 @@ async fn call(
         .map_err(|e| ApiError::from_kube(e, &action))
 }
 
-fn post_params() -> PostParams {
+/// `?dryRun=All` on a write: Kubernetes authorizes, admits (the admission
+/// policies included) and validates it, and stores nothing.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct WriteQuery {
+    #[serde(rename = "dryRun", default)]
+    pub dry_run: Option<DryRun>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    All,
+}
+
+impl WriteQuery {
+    fn dry(&self) -> bool {
+        self.dry_run == Some(DryRun::All)
+    }
+}
+
+fn post_params(w: WriteQuery) -> PostParams {
     PostParams {
-        dry_run: false,
+        dry_run: w.dry(),
         field_manager: Some(FIELD_MANAGER.into()),
     }
 }
 
-fn patch_params() -> PatchParams {
+fn patch_params(w: WriteQuery) -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
+        dry_run: w.dry(),
         ..Default::default()
     }
     .validation_strict()
@@ -175,12 +196,17 @@ fn parse_object(loc: &Loc, bytes: &[u8]) -> Result<body::Object, ApiError> {
     }
 }
 
-pub async fn create(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, ApiError> {
+pub async fn create(
+    id: &Identity,
+    loc: &Loc,
+    bytes: &[u8],
+    w: WriteQuery,
+) -> Result<Response, ApiError> {
     let obj = parse_object(loc, bytes)?;
     let data = serde_json::to_vec(&obj.value).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let req = strict(
         loc.request()
-            .create(&post_params(), data)
+            .create(&post_params(w), data)
             .map_err(build_err)?,
     );
     let created = call(id, req, loc.action("create")).await?;
@@ -190,7 +216,12 @@ pub async fn create(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, 
 /// A replace. Without `metadata.resourceVersion` it replaces whatever is
 /// there (one GET first for the version); with it, a 409 when the object
 /// changed since.
-pub async fn replace(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, ApiError> {
+pub async fn replace(
+    id: &Identity,
+    loc: &Loc,
+    bytes: &[u8],
+    w: WriteQuery,
+) -> Result<Response, ApiError> {
     let mut obj = parse_object(loc, bytes)?;
     if obj.resource_version.is_none() {
         let req = loc
@@ -205,36 +236,52 @@ pub async fn replace(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response,
     let data = serde_json::to_vec(&obj.value).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let req = strict(
         loc.request()
-            .replace(loc.name(), &post_params(), data)
+            .replace(loc.name(), &post_params(w), data)
             .map_err(build_err)?,
     );
     Ok(Json(call(id, req, loc.action("update")).await?).into_response())
 }
 
-pub async fn patch(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, ApiError> {
+pub async fn patch(
+    id: &Identity,
+    loc: &Loc,
+    bytes: &[u8],
+    w: WriteQuery,
+) -> Result<Response, ApiError> {
     let patch = body::merge_patch(bytes, &loc.target())?;
     let req = loc
         .request()
-        .patch(loc.name(), &patch_params(), &Patch::Merge(&patch))
+        .patch(loc.name(), &patch_params(w), &Patch::Merge(&patch))
         .map_err(build_err)?;
     Ok(Json(call(id, req, loc.action("patch")).await?).into_response())
 }
 
-pub async fn delete(id: &Identity, loc: &Loc) -> Result<Response, ApiError> {
+pub async fn delete(id: &Identity, loc: &Loc, w: WriteQuery) -> Result<Response, ApiError> {
     let req = loc
         .request()
-        .delete(loc.name(), &DeleteParams::default())
+        .delete(
+            loc.name(),
+            &DeleteParams {
+                dry_run: w.dry(),
+                ..Default::default()
+            },
+        )
         .map_err(build_err)?;
     Ok(Json(call(id, req, loc.action("delete")).await?).into_response())
 }
 
 /// `deploy`: a merge patch of `spec.source.image` only.
-pub async fn deploy(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, ApiError> {
+pub async fn deploy(
+    id: &Identity,
+    loc: &Loc,
+    bytes: &[u8],
+    w: WriteQuery,
+) -> Result<Response, ApiError> {
     let d = DeployRequest::parse(bytes)?;
     let patch = json!({"spec": {"source": {"image": d.image}}});
     let req = loc
         .request()
-        .patch(loc.name(), &patch_params(), &Patch::Merge(&patch))
+        .patch(loc.name(), &patch_params(w), &Patch::Merge(&patch))
         .map_err(build_err)?;
     Ok(Json(call(id, req, loc.action("patch")).await?).into_response())
 }
@@ -243,7 +290,12 @@ pub async fn deploy(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, 
 /// pending plan (409 when there is none or it is another plan). The patch
 /// carries the resourceVersion read, so a plan replaced in between is a 409
 /// too, not an approval of a plan nobody saw.
-pub async fn approve(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response, ApiError> {
+pub async fn approve(
+    id: &Identity,
+    loc: &Loc,
+    bytes: &[u8],
+    w: WriteQuery,
+) -> Result<Response, ApiError> {
     let a = ApproveRequest::parse(bytes)?;
     let ns = loc.namespace.as_deref().unwrap_or_default();
     let name = loc.name();
@@ -281,7 +333,7 @@ pub async fn approve(id: &Identity, loc: &Loc, bytes: &[u8]) -> Result<Response,
     }});
     let req = loc
         .request()
-        .patch(name, &patch_params(), &Patch::Merge(&patch))
+        .patch(name, &patch_params(w), &Patch::Merge(&patch))
         .map_err(build_err)?;
     Ok(Json(call(id, req, loc.action("patch")).await?).into_response())
 }
@@ -315,6 +367,16 @@ pub mod routes {
 
     type St = State<Arc<App>>;
     type Id = Extension<Arc<Identity>>;
+    type Wq = Result<Query<WriteQuery>, QueryRejection>;
+
+    fn write_query(q: Wq) -> Result<WriteQuery, ApiError> {
+        q.map(|Query(w)| w).map_err(|e| {
+            ApiError::bad_request(format!(
+                "bad query: {} (the only parameter of a write is dryRun=All)",
+                e.body_text()
+            ))
+        })
+    }
 
     async fn body_of(app: &App, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
         body::read(headers, body, app.body_limit).await
@@ -330,12 +392,14 @@ pub mod routes {
                 State(app): St,
                 Extension(id): Id,
                 p: Params,
+                q: Wq,
                 h: HeaderMap,
                 b: Body,
             ) -> Result<Response, ApiError> {
                 let loc = Loc::from_params($kind, p)?;
+                let w = write_query(q)?;
                 let bytes = body_of(&app, &h, b).await?;
-                create(&id, &loc, &bytes).await
+                create(&id, &loc, &bytes, w).await
             }
             pub async fn $get(Extension(id): Id, p: Params) -> Result<Response, ApiError> {
                 get(&id, &Loc::from_params($kind, p)?).await
@@ -344,26 +408,35 @@ pub mod routes {
                 State(app): St,
                 Extension(id): Id,
                 p: Params,
+                q: Wq,
                 h: HeaderMap,
                 b: Body,
             ) -> Result<Response, ApiError> {
                 let loc = Loc::from_params($kind, p)?;
+                let w = write_query(q)?;
                 let bytes = body_of(&app, &h, b).await?;
-                replace(&id, &loc, &bytes).await
+                replace(&id, &loc, &bytes, w).await
             }
             pub async fn $patch(
                 State(app): St,
                 Extension(id): Id,
                 p: Params,
+                q: Wq,
                 h: HeaderMap,
                 b: Body,
             ) -> Result<Response, ApiError> {
                 let loc = Loc::from_params($kind, p)?;
+                let w = write_query(q)?;
                 let bytes = body_of(&app, &h, b).await?;
-                patch(&id, &loc, &bytes).await
+                patch(&id, &loc, &bytes, w).await
             }
-            pub async fn $delete(Extension(id): Id, p: Params) -> Result<Response, ApiError> {
-                delete(&id, &Loc::from_params($kind, p)?).await
+            pub async fn $delete(
+                Extension(id): Id,
+                p: Params,
+                q: Wq,
+            ) -> Result<Response, ApiError> {
+                let loc = Loc::from_params($kind, p)?;
+                delete(&id, &loc, write_query(q)?).await
             }
         };
     }
@@ -426,24 +499,28 @@ pub mod routes {
         State(app): St,
         Extension(id): Id,
         p: Params,
+        q: Wq,
         h: HeaderMap,
         b: Body,
     ) -> Result<Response, ApiError> {
         let loc = Loc::from_params(Kind::Service, p)?;
+        let w = write_query(q)?;
         let bytes = body_of(&app, &h, b).await?;
-        deploy(&id, &loc, &bytes).await
+        deploy(&id, &loc, &bytes, w).await
     }
 
     pub async fn approve_service(
         State(app): St,
         Extension(id): Id,
         p: Params,
+        q: Wq,
         h: HeaderMap,
         b: Body,
     ) -> Result<Response, ApiError> {
         let loc = Loc::from_params(Kind::Service, p)?;
+        let w = write_query(q)?;
         let bytes = body_of(&app, &h, b).await?;
-        approve(&id, &loc, &bytes).await
+        approve(&id, &loc, &bytes, w).await
     }
 
     pub async fn environment_graph(Extension(id): Id, p: Params) -> Result<Response, ApiError> {
@@ -467,7 +544,11 @@ mod tests {
             loc.url(),
             "/apis/mahler.dev/v1alpha1/namespaces/shop-dev/services"
         );
-        let req = strict(loc.request().create(&post_params(), vec![]).unwrap());
+        let req = strict(
+            loc.request()
+                .create(&post_params(WriteQuery::default()), vec![])
+                .unwrap(),
+        );
         assert_eq!(
             req.uri().to_string(),
             "/apis/mahler.dev/v1alpha1/namespaces/shop-dev/services?&fieldManager=mahler-api&fieldValidation=Strict"
@@ -480,7 +561,11 @@ mod tests {
         assert_eq!(p.url(), "/apis/mahler.dev/v1alpha1/projects");
         let req = loc
             .request()
-            .patch("api", &patch_params(), &Patch::Merge(&json!({})))
+            .patch(
+                "api",
+                &patch_params(WriteQuery::default()),
+                &Patch::Merge(&json!({})),
+            )
             .unwrap();
         assert!(
             req.uri().to_string().contains("fieldValidation=Strict"),

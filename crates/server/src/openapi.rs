@@ -304,6 +304,13 @@ struct Op {
     ok: (&'static str, Value),
 }
 
+/// `?dryRun=All`: authorized, admitted and validated by Kubernetes, not stored.
+fn dry_run_param() -> Value {
+    json!({"name": "dryRun", "in": "query", "required": false,
+        "schema": {"type": "string", "enum": ["All"]},
+        "description": "All: Kubernetes authorizes, admits (admission policies included) and validates the write, and stores nothing."})
+}
+
 fn op(o: Op) -> Value {
     let mut responses = errors(o.body.is_some());
     responses.insert(o.ok.0.into(), o.ok.1);
@@ -362,13 +369,15 @@ fn paths() -> Map<String, Value> {
             list_params.push(json!({"name": "project", "in": "query", "required": false,
                 "schema": name_schema(Kind::Project), "description": "Only the environments of this project."}));
         }
+        let mut write_params = params.clone();
+        write_params.push(dry_run_param());
         let collection = json!({
             "get": op(Op {
                 id: format!("list{kind}s"), summary: format!("List {plural}"), tag, params: list_params,
                 body: None, ok: json_ok("200", &format!("The {plural}."), r(&format!("{kind}List"))),
             }),
             "post": op(Op {
-                id: format!("create{kind}"), summary: format!("Create a {kind}"), tag, params: params.clone(),
+                id: format!("create{kind}"), summary: format!("Create a {kind}"), tag, params: write_params,
                 body: Some((r(&format!("{kind}Request")), JSON, true)),
                 ok: json_ok("201", &format!("The {kind} created."), r(kind)),
             }),
@@ -379,23 +388,25 @@ fn paths() -> Map<String, Value> {
             name_schema(k.kind),
             &format!("The {kind}'s name."),
         ));
+        let mut write_params = params.clone();
+        write_params.push(dry_run_param());
         let item = json!({
             "get": op(Op {
                 id: format!("get{kind}"), summary: format!("Read a {kind}"), tag, params: params.clone(),
                 body: None, ok: json_ok("200", &format!("The {kind}."), r(kind)),
             }),
             "put": op(Op {
-                id: format!("replace{kind}"), summary: format!("Replace a {kind}"), tag, params: params.clone(),
+                id: format!("replace{kind}"), summary: format!("Replace a {kind}"), tag, params: write_params.clone(),
                 body: Some((r(&format!("{kind}Request")), JSON, true)),
                 ok: json_ok("200", &format!("The {kind} replaced."), r(kind)),
             }),
             "patch": op(Op {
-                id: format!("patch{kind}"), summary: format!("Change a {kind} with a JSON merge patch"), tag, params: params.clone(),
+                id: format!("patch{kind}"), summary: format!("Change a {kind} with a JSON merge patch"), tag, params: write_params.clone(),
                 body: Some((r(&format!("{kind}Patch")), MERGE, true)),
                 ok: json_ok("200", &format!("The {kind} changed."), r(kind)),
             }),
             "delete": op(Op {
-                id: format!("delete{kind}"), summary: format!("Delete a {kind}"), tag, params: params.clone(),
+                id: format!("delete{kind}"), summary: format!("Delete a {kind}"), tag, params: write_params.clone(),
                 body: None, ok: json_ok("200", "Deleted, or being deleted.", r("Deleted")),
             }),
         });
@@ -406,14 +417,14 @@ fn paths() -> Map<String, Value> {
                 json!({"post": op(Op {
                     id: "deployService".into(),
                     summary: "Deploy an image: a merge patch of spec.source.image only".into(),
-                    tag, params: params.clone(), body: Some((r("DeployRequest"), JSON, true)),
+                    tag, params: write_params.clone(), body: Some((r("DeployRequest"), JSON, true)),
                     ok: json_ok("200", "The Service with its new image.", r("Service")),
                 })}),
             );
             paths.insert(format!("{base}/{{name}}/approve"), json!({"post": op(Op {
                 id: "approvePlan".into(),
                 summary: "Approve the pending Terraform plan of a template Service, as the requesting user".into(),
-                tag, params: params.clone(), body: Some((r("ApproveRequest"), JSON, false)),
+                tag, params: write_params.clone(), body: Some((r("ApproveRequest"), JSON, false)),
                 ok: json_ok("200", "The Service with the approval annotations.", r("Service")),
             })}));
         }
