@@ -18,7 +18,9 @@ export MAHLER_CLUSTER_DIR
 MAHLER_CLUSTER_DIR=$(mktemp -d /tmp/mahler-test.XXXXXX)
 export MAHLER_TEST_DIR=$MAHLER_CLUSTER_DIR/$name
 cleanup() {
-  if [[ -f $MAHLER_TEST_DIR/operator.pid ]]; then kill "$(cat "$MAHLER_TEST_DIR/operator.pid")" 2>/dev/null || true; fi
+  for pid in operator api; do
+    if [[ -f $MAHLER_TEST_DIR/$pid.pid ]]; then kill "$(cat "$MAHLER_TEST_DIR/$pid.pid")" 2>/dev/null || true; fi
+  done
   if [[ ${KEEP_CLUSTER:-} == 1 ]]; then echo "kept cluster: $MAHLER_TEST_DIR"; return; fi
   hack/cluster.sh down "$name" >/dev/null 2>&1 || true
   rm -rf "$MAHLER_CLUSTER_DIR"
@@ -29,7 +31,7 @@ echo ">> starting the test cluster"
 hack/cluster.sh up "$name" >/dev/null
 # The CLI the e2e tests run (tests/e2e/cli.rs builds it too; this keeps the
 # build out of the tests' time).
-cargo build -q -p mahler-cli --bins
+cargo build -q -p mahler-cli -p mahler-server --bins
 echo ">> end-to-end tests (operator log: $MAHLER_TEST_DIR/operator.log)"
 if ! cargo test --test e2e -- ${E2E_FILTER:-} --test-threads="${E2E_THREADS:-4}"; then
   echo ">> operator log (last 80 lines):"

@@ -22,40 +22,10 @@ use super::{project_with_env, svc_conditions};
 fn cli_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // The variables cargo sets for a test (CARGO_PKG_NAME, OUT_DIR...)
-        // would make build scripts (ring's) rerun and rebuild the client
-        // stack that hack/test.sh has just built.
-        for (k, _) in std::env::vars() {
-            let keep = matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
-                || k.starts_with("CARGO_BUILD_");
-            if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" {
-                build.env_remove(&k);
-            }
-        }
-        let out = build
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "mahler-cli",
-                "--bins",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo build -p mahler-cli");
-        assert!(out.status.success(), "building the CLI failed");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let exe = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .find(|p| p.file_name().is_some_and(|n| n == "mahler"))
-            .expect("the mahler executable");
-        exe.parent().unwrap().to_path_buf()
+        crate::harness::built_binary("mahler-cli", "mahler")
+            .parent()
+            .unwrap()
+            .to_path_buf()
     })
 }
 

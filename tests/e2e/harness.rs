@@ -85,6 +85,12 @@ impl TestEnv {
                 "--namespace",
                 "mahler-system",
                 "--create-namespace",
+                // The REST API's ServiceAccount and ClusterRole; the server
+                // under test runs beside the cluster with its token (rest.rs).
+                "--set",
+                "apiServer.enabled=true",
+                "--set",
+                "apiServer.tls.secretName=mahler-api-tls",
                 "--wait",
                 "--timeout=120s",
             ],
@@ -374,7 +380,44 @@ pub fn helm_output(tools: &Path, kubeconfig: &Path, args: &[&str]) -> std::proce
         .expect("run helm")
 }
 
-fn free_port() -> u16 {
+/// A binary of a workspace package, built (`cargo build -p PACKAGE --bins`)
+/// and located through cargo's JSON messages.
+pub fn built_binary(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // The variables cargo sets for a test (CARGO_PKG_NAME, OUT_DIR...)
+    // would make build scripts (ring's) rerun and rebuild the client
+    // stack that hack/test.sh has just built.
+    for (k, _) in std::env::vars() {
+        let keep = matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
+            || k.starts_with("CARGO_BUILD_");
+        if (k.starts_with("CARGO_") && !keep) || k == "OUT_DIR" {
+            build.env_remove(&k);
+        }
+    }
+    let out = build
+        .args([
+            "build",
+            "-q",
+            "-p",
+            package,
+            "--bins",
+            "--message-format=json",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cargo build -p {package}: {e}"));
+    assert!(out.status.success(), "building {package} failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .find(|p| p.file_name().is_some_and(|n| n == bin))
+        .unwrap_or_else(|| panic!("no executable {bin} in {package}"))
+}
+
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -10,6 +10,7 @@ mod harness;
 mod image;
 mod rbac;
 mod reporting;
+mod rest;
 mod startup;
 mod terraform;
 
