@@ -47,7 +47,7 @@ run: tools build
 	hack/run.sh
 
 stop:
-	-@d=$$(dirname $$(hack/cluster.sh kubeconfig mahler)); [ -f $$d/operator.pid ] && kill $$(cat $$d/operator.pid) 2>/dev/null; true
+	-@d=$$(dirname $$(hack/cluster.sh kubeconfig mahler)); for p in operator api; do [ -f $$d/$$p.pid ] && kill $$(cat $$d/$$p.pid) 2>/dev/null; done; true
 	@hack/cluster.sh down mahler
 
 test: tools

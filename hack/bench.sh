@@ -38,6 +38,7 @@ bench=${BENCH:-all}
 if [[ $bench == all || $bench == converge ]]; then cargo bench --bench converge; fi
 if [[ $bench == all || $bench == terraform ]]; then cargo bench --bench terraform; fi
 if [[ $bench == all || $bench == cli ]]; then MAHLER_KUBECTL=$tools/kubectl cargo bench -p mahler-cli --bench status; fi
+if [[ $bench == all || $bench == api ]]; then MAHLER_KUBECTL=$tools/kubectl cargo bench -p mahler-server --bench api; fi
 # Who wrote what during the 1,000-Service stages (the API server's audit
 # log): how many writes, when (seconds from the stage's first write: first,
 # median, last) and how long the API server took (median, p99).

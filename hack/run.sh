@@ -15,6 +15,7 @@ dir=$(dirname "$KUBECONFIG")
 
 HELM_CACHE_HOME=$dir/helm/cache HELM_CONFIG_HOME=$dir/helm/config HELM_DATA_HOME=$dir/helm/data \
   "$tools/helm" upgrade --install mahler charts/mahler --namespace mahler-system --create-namespace \
+  --set apiServer.enabled=true --set apiServer.tls.secretName=mahler-api-tls \
   --wait --timeout 120s >/dev/null
 "$kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
@@ -26,6 +27,20 @@ MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8
   nohup target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log, metrics http://127.0.0.1:${MAHLER_METRICS_PORT:-8080}/metrics)"
+
+# The REST API (docs/api.md) as the chart's mahler-api ServiceAccount (it
+# may only review tokens and impersonate), plain HTTP on loopback.
+if [[ -f $dir/api.pid ]] && kill -0 "$(cat "$dir/api.pid")" 2>/dev/null; then
+  kill "$(cat "$dir/api.pid")"; sleep 1
+fi
+cp "$KUBECONFIG" "$dir/api.kubeconfig"
+"$kubectl" --kubeconfig "$dir/api.kubeconfig" config set-credentials mahler-api \
+  --token="$("$kubectl" -n mahler-system create token mahler-api --duration=24h)" >/dev/null
+"$kubectl" --kubeconfig "$dir/api.kubeconfig" config set-context "$("$kubectl" config current-context)" --user=mahler-api >/dev/null
+api=127.0.0.1:${MAHLER_API_PORT:-8443}
+KUBECONFIG=$dir/api.kubeconfig MAHLER_API_LISTEN=$api nohup target/release/mahler-server >"$dir/api.log" 2>&1 &
+echo $! >"$dir/api.pid"
+echo ">> REST API on http://$api (pid $(cat "$dir/api.pid"), log $dir/api.log)"
 
 # kwok simulates pods, so nothing writes logs: every pod serves this file
 # (docs/operations.md, "The local cluster"), for `mahler logs`.
@@ -51,4 +66,6 @@ target/release/mahler status shop-staging
 echo
 echo "export KUBECONFIG=$KUBECONFIG PATH=$root/target/release:\$PATH"
 echo "mahler status shop-staging      # or: mahler graph shop-staging, kubectl mahler ..., kubectl get mahler -A"
+echo "mahler --kube-context shop-dev deploy api --image registry.example/shop/api:1.5.0 --env shop-staging   # as a local user (docs/access.md)"
+echo "curl -H \"Authorization: Bearer \$(hack/cluster.sh token shop-viewer)\" http://$api/api/v1/environments/shop-staging/graph"
 echo "make stop                        # stop the operator and the cluster"

@@ -201,6 +201,43 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
         }
         *seen.entry(grant).or_default() += 1;
     }
+    // The REST API's own ServiceAccount (rest.rs runs it): it reviews
+    // tokens and impersonates, nothing else. An impersonated request's
+    // audit event names the server as `user` and the caller as
+    // `impersonatedUser`, and RBAC decided it as the caller.
+    let api_user = "system:serviceaccount:mahler-system:mahler-api";
+    let (mut reviews, mut impersonated, mut other) = (0, 0, Vec::new());
+    for event in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == api_user && e["stage"] == "ResponseComplete")
+    {
+        if event["impersonatedUser"]["username"].is_string() {
+            impersonated += 1;
+        } else if event["objectRef"]["resource"] == "tokenreviews"
+            && event["verb"] == "create"
+            && event["annotations"]["authorization.k8s.io/decision"] != "forbid"
+        {
+            reviews += 1;
+        } else {
+            other.push(format!(
+                "{} {} {}",
+                event["verb"], event["objectRef"]["resource"], event["requestURI"]
+            ));
+        }
+    }
+    eprintln!(
+        "REST API ServiceAccount: {reviews} TokenReviews, {impersonated} impersonated requests"
+    );
+    assert!(
+        reviews > 0 && impersonated > 0,
+        "no REST API traffic in the audit log ({reviews} reviews, {impersonated} impersonated)"
+    );
+    assert!(
+        other.is_empty(),
+        "the REST API made calls as itself beyond TokenReviews:\n{}",
+        other.join("\n")
+    );
     assert!(
         calls > 1000,
         "only {calls} operator calls in {}: is the audit policy logging reads?",
