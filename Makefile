@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates
+.PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates fuzz
 .PHONY: openapi
 
 all: build
@@ -58,6 +58,10 @@ unit:
 
 bench: tools
 	hack/bench.sh
+
+# schemathesis against the REST API of `make run` (docs/api.md, "Fuzzing").
+fuzz:
+	hack/fuzz.sh
 
 # `tofu validate` of every shipped template, the cloud-shaped ones included
 # (builds the AWS provider into a mirror: a very large first build).

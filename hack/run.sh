@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: the local cluster, Mahler installed by its Helm chart (CRDs,
 # RBAC, admission policies; kwok simulates the Deployment's pods), the
-# operator itself beside the cluster (in the background, log in
-# .cluster/mahler/operator.log) and manifests/examples, then
+# operator and the REST API beside the cluster as the chart's
+# ServiceAccounts (in the background, logs in .cluster/mahler/operator.log
+# and api.log) and manifests/examples, then
 # `mahler status shop-staging` once everything is Ready. `make stop` ends it all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,10 +20,25 @@ HELM_CACHE_HOME=$dir/helm/cache HELM_CONFIG_HOME=$dir/helm/config HELM_DATA_HOME
   --wait --timeout 120s >/dev/null
 "$kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
+# A kubeconfig of the chart's ServiceAccount NAME (a 24 h token): the
+# operator and the REST API run as what the chart grants them, and the
+# admission policies know the operator by that name.
+sa_kubeconfig() {
+  local out=$dir/$1.kubeconfig
+  cp "$KUBECONFIG" "$out"
+  "$kubectl" --kubeconfig "$out" config set-credentials "$1" \
+    --token="$("$kubectl" -n mahler-system create token "$1" --duration=24h)" >/dev/null
+  "$kubectl" --kubeconfig "$out" config set-context "$("$kubectl" config current-context)" --user="$1" >/dev/null
+  echo "$out"
+}
+
 if [[ -f $dir/operator.pid ]] && kill -0 "$(cat "$dir/operator.pid")" 2>/dev/null; then
   kill "$(cat "$dir/operator.pid")"; sleep 1
 fi
-MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8080} \
+# As the chart runs it: OpenTofu as each environment's own ServiceAccount,
+# bound to the chart's Terraform role.
+KUBECONFIG=$(sa_kubeconfig mahler-operator) MAHLER_LEADER_ELECT=false \
+  MAHLER_TERRAFORM_ROLE=mahler-terraform POD_NAMESPACE=mahler-system MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8080} \
   MAHLER_TOFU=$tools/tofu MAHLER_PROVIDER_MIRROR=$mirror MAHLER_TOFU_WORKDIR=$dir/tofu \
   nohup target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
@@ -33,12 +49,8 @@ echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log
 if [[ -f $dir/api.pid ]] && kill -0 "$(cat "$dir/api.pid")" 2>/dev/null; then
   kill "$(cat "$dir/api.pid")"; sleep 1
 fi
-cp "$KUBECONFIG" "$dir/api.kubeconfig"
-"$kubectl" --kubeconfig "$dir/api.kubeconfig" config set-credentials mahler-api \
-  --token="$("$kubectl" -n mahler-system create token mahler-api --duration=24h)" >/dev/null
-"$kubectl" --kubeconfig "$dir/api.kubeconfig" config set-context "$("$kubectl" config current-context)" --user=mahler-api >/dev/null
 api=127.0.0.1:${MAHLER_API_PORT:-8443}
-KUBECONFIG=$dir/api.kubeconfig MAHLER_API_LISTEN=$api nohup target/release/mahler-server >"$dir/api.log" 2>&1 &
+KUBECONFIG=$(sa_kubeconfig mahler-api) MAHLER_API_LISTEN=$api nohup target/release/mahler-server >"$dir/api.log" 2>&1 &
 echo $! >"$dir/api.pid"
 echo ">> REST API on http://$api (pid $(cat "$dir/api.pid"), log $dir/api.log)"
 

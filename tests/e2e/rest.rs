@@ -389,3 +389,68 @@ async fn a_token_of_a_deleted_service_account_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn status_changes_stream_as_server_sent_events() {
+    let _guard = shared().await;
+    let env = env();
+    fixtures(env).await;
+    let base = &rest().base;
+    let dev = token("shop-dev");
+    let mut curl = Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "120",
+            "-H",
+            &format!("Authorization: Bearer {dev}"),
+            &format!("{base}/api/v1/environments/shop-staging/events"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let stdout = curl.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(data) = line.strip_prefix("data:")
+                && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+                && tx.send(v).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let next_of = |name: &str, pred: &dyn Fn(&Value) -> bool| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no matching event for {name}"));
+            if v["name"] == name && pred(&v) {
+                return v;
+            }
+        }
+    };
+    // The stream starts with the current state.
+    next_of("matrix-web", &|_| true);
+    // A new Service: its progress, then Ready; then its deletion.
+    let services = format!("{base}/api/v1/environments/shop-staging/services");
+    let (status, out) = call(
+        "POST",
+        &services,
+        Some(&dev),
+        Some(r#"{"metadata":{"name":"sse-web"},"spec":{"source":{"image":"web:1"}}}"#),
+        None,
+    );
+    assert_eq!(status, 201, "{out}");
+    let ready = next_of("sse-web", &|v| v["ready"] == true);
+    assert_eq!(ready["kind"], "Service", "{ready}");
+    let (status, out) = call("DELETE", &format!("{services}/sse-web"), Some(&dev), None, None);
+    assert!((200..300).contains(&status), "{out}");
+    next_of("sse-web", &|v| v["deleted"] == true);
+    let _ = curl.kill();
+    let _ = curl.wait();
+}

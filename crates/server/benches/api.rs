@@ -31,6 +31,16 @@ const ENV: &str = "apibench-env";
 const SERVER_SA: &str = "api-bench-server";
 const USER_SA: &str = "api-bench-user";
 
+/// The server process, killed when the bench ends, a panic included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -152,7 +162,8 @@ async fn main() {
              apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {SERVER_SA}, namespace: default}}\n---\n\
              apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {SERVER_SA}}}\nrules:\n\
              - {{apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}}\n\
-             - {{apiGroups: [\"\"], resources: [users, groups, serviceaccounts], verbs: [impersonate]}}\n---\n\
+             - {{apiGroups: [\"\"], resources: [users, groups, serviceaccounts], verbs: [impersonate]}}\n\
+             - {{apiGroups: [authentication.k8s.io], resources: [uids], verbs: [impersonate]}}\n---\n\
              apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {SERVER_SA}}}\n\
              roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {SERVER_SA}}}\n\
              subjects: [{{kind: ServiceAccount, name: {SERVER_SA}, namespace: default}}]\n---\n\
@@ -249,12 +260,12 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_mahler-server"))
+    let _server = KillOnDrop(std::process::Command::new(env!("CARGO_BIN_EXE_mahler-server"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &kubeconfig)
         .env("MAHLER_API_LOG_LEVEL", "warn")
         .spawn()
-        .expect("start mahler-server");
+        .expect("start mahler-server"));
     let http: HttpClient<_, Empty<bytes::Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build_http();
     let base = format!("http://127.0.0.1:{port}");
@@ -337,8 +348,7 @@ async fn main() {
         }
     })
     .await;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(_server);
 
     println!("REST API vs kube-apiserver directly, same token, {CONCURRENCY} concurrent clients:");
     println!("  GET one Service ({gets} requests)");
