@@ -413,7 +413,10 @@ async fn status_changes_stream_as_server_sent_events() {
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(data) = line.strip_prefix("data:")
                 && let Ok(v) = serde_json::from_str::<Value>(data.trim())
                 && tx.send(v).is_err()
@@ -448,7 +451,13 @@ async fn status_changes_stream_as_server_sent_events() {
     assert_eq!(status, 201, "{out}");
     let ready = next_of("sse-web", &|v| v["ready"] == true);
     assert_eq!(ready["kind"], "Service", "{ready}");
-    let (status, out) = call("DELETE", &format!("{services}/sse-web"), Some(&dev), None, None);
+    let (status, out) = call(
+        "DELETE",
+        &format!("{services}/sse-web"),
+        Some(&dev),
+        None,
+        None,
+    );
     assert!((200..300).contains(&status), "{out}");
     next_of("sse-web", &|v| v["deleted"] == true);
     let _ = curl.kill();

@@ -260,12 +260,14 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let _server = KillOnDrop(std::process::Command::new(env!("CARGO_BIN_EXE_mahler-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("MAHLER_API_LOG_LEVEL", "warn")
-        .spawn()
-        .expect("start mahler-server"));
+    let _server = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mahler-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("MAHLER_API_LOG_LEVEL", "warn")
+            .spawn()
+            .expect("start mahler-server"),
+    );
     let http: HttpClient<_, Empty<bytes::Bytes>> =
         HttpClient::builder(TokioExecutor::new()).build_http();
     let base = format!("http://127.0.0.1:{port}");
