@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::access::{Case, Kind, Verb, allowed, check_matrix, fixtures};
+use crate::access::{Case, Kind, Verb, allowed_via_rest, check_matrix, fixtures};
 use crate::harness::{built_binary, env, free_port, service_account_kubeconfig, shared};
 
 pub struct Rest {
@@ -183,7 +183,10 @@ fn by_rest(c: &Case) -> (bool, String) {
     let ok = (200..300).contains(&status);
     if !ok && status != 403 {
         // Neither allowed nor forbidden: make the cell differ, with why.
-        return (!allowed(c), format!("unexpected HTTP {status}: {body}"));
+        return (
+            !allowed_via_rest(c),
+            format!("unexpected HTTP {status}: {body}"),
+        );
     }
     (
         ok,
@@ -200,7 +203,7 @@ async fn the_access_matrix_holds_through_the_rest_api() {
     let env = env();
     fixtures(env).await;
     rest();
-    check_matrix("REST API", |c| {
+    check_matrix("REST API", allowed_via_rest, |c| {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || by_rest(&c))
                 .await
@@ -235,6 +238,24 @@ async fn the_access_matrix_holds_through_the_rest_api() {
             .contains("only its owners may change it: user:prod-owner"),
         "{body}"
     );
+    // A member's list of environments: the project's, and no other.
+    let (status, body) = call(
+        "GET",
+        &format!("{}/api/v1/environments?project=shop", rest().base),
+        Some(&token("shop-viewer")),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["shop-production", "shop-staging"], "{body}");
     let (status, body) = call(
         "GET",
         &format!("{}/api/v1/environments/shop-staging/services", rest().base),

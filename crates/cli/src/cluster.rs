@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
@@ -193,11 +192,8 @@ impl Cluster {
             .ok_or_else(|| CliError::failure("the API server did not say who you are"))
     }
 
-    /// Every object of a cluster-scoped Mahler kind the user may see. A
-    /// project member may not list Projects or Environments (RBAC cannot
-    /// limit a list by name, docs/access.md) but may get their own by name:
-    /// when the list is forbidden, the names come from the user's rules
-    /// (SelfSubjectRulesReview) and each is read with a GET.
+    /// Every object of a cluster-scoped Mahler kind the user may see
+    /// (members may not list them: `mahler_client::visible`).
     pub async fn list_visible<K>(&self, what: &str) -> Result<Vec<K>>
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
@@ -205,55 +201,9 @@ impl Cluster {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        let api = Api::<K>::all(self.client.clone());
-        let forbidden = match api.list(&ListParams::default()).await {
-            Ok(list) => return Ok(list.items),
-            Err(kube::Error::Api(s)) if s.code == 403 => kube::Error::Api(s),
-            Err(e) => return Err(self.err(what)(e)),
-        };
-        let plural = K::plural(&()).into_owned();
-        let review = Api::<SelfSubjectRulesReview>::all(self.client.clone())
-            .create(
-                &PostParams::default(),
-                &SelfSubjectRulesReview {
-                    spec: SelfSubjectRulesReviewSpec {
-                        namespace: Some("default".into()),
-                    },
-                    ..Default::default()
-                },
-            )
+        mahler_client::visible::list_visible(&self.client)
             .await
-            .map_err(self.err("SelfSubjectRulesReview"))?;
-        let mut names: Vec<String> = review
-            .status
-            .map(|s| s.resource_rules)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| {
-                r.api_groups
-                    .iter()
-                    .flatten()
-                    .any(|g| g == mahler_api::GROUP)
-            })
-            .filter(|r| r.resources.iter().flatten().any(|x| *x == plural))
-            .filter(|r| r.verbs.iter().any(|v| v == "get"))
-            .flat_map(|r| r.resource_names.unwrap_or_default())
-            .collect();
-        names.sort();
-        names.dedup();
-        if names.is_empty() {
-            return Err(self.err(what)(forbidden));
-        }
-        let reads = names.iter().map(|n| api.get_opt(n));
-        let mut out = Vec::new();
-        for read in futures::future::join_all(reads).await {
-            match read {
-                Ok(Some(o)) => out.push(o),
-                Ok(None) | Err(kube::Error::Api(_)) => {}
-                Err(e) => return Err(self.err(what)(e)),
-            }
-        }
-        Ok(out)
+            .map_err(self.err(what))
     }
 }
 

@@ -7,12 +7,15 @@
 //! - [`graph`]: the Services and Connections of an environment as a graph,
 //!   missing ends marked.
 //! - [`explain`]: why a Service is not Ready, as a chain with what to do next.
+//! - [`visible`]: Projects and Environments a member may see (they may
+//!   not list them).
 //! - [`wait`]: wait until an object is Ready, or say why it is not.
 //! - [`Environment`]: everything of one environment, read in three lists.
 
 pub mod explain;
 pub mod graph;
 pub mod summary;
+pub mod visible;
 pub mod wait;
 
 use kube::api::{Api, ListParams};

@@ -26,6 +26,8 @@ pub struct Identity {
     pub uid: Option<String>,
     pub groups: Vec<String>,
     pub client: Client,
+    /// When the token expires, if it says (a JWT's `exp`).
+    pub expires: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -210,6 +212,7 @@ impl Authenticator {
             uid: user.uid.clone().filter(|u| !u.is_empty()),
             groups: user.groups.clone().unwrap_or_default(),
             client: impersonating(&self.base, headers),
+            expires: expiry,
         });
         let ttl = ttl(self.config.accepted_ttl, expiry, now);
         self.cache.insert(

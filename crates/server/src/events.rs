@@ -37,7 +37,25 @@ enum Change {
     Error(String),
 }
 
-fn changes<K, F>(api: Api<K>, kind: &'static str, summary: F) -> impl Stream<Item = Change> + Send
+/// Whether a watch error means the caller may no longer watch (the token
+/// was refused or RBAC revoked): the stream ends instead of retrying.
+fn refused(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => 0,
+    };
+    matches!(code, 401 | 403)
+}
+
+fn changes<K, F>(
+    api: Api<K>,
+    kind: &'static str,
+    summary: F,
+    end: Arc<tokio::sync::watch::Sender<bool>>,
+) -> impl Stream<Item = Change> + Send
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default,
@@ -52,7 +70,12 @@ where
                 Change::Seen(StatusEvent::of(kind, &summary(&o), false))
             }
             Ok(WatchEvent::Delete(o)) => Change::Deleted(StatusEvent::of(kind, &summary(&o), true)),
-            Err(e) => Change::Error(e.to_string()),
+            Err(e) => {
+                if refused(&e) {
+                    end.send_replace(true);
+                }
+                Change::Error(e.to_string())
+            }
         })
 }
 
@@ -151,26 +174,45 @@ pub async fn handler(
         .list(&lp)
         .await
         .map_err(|e| ApiError::from_kube(e, &conn_loc.action("watch")))?;
+    let (end, mut ended) = tokio::sync::watch::channel(false);
+    let end = Arc::new(end);
     let merged = stream::select(
-        changes(services, "Service", Summary::of_service).boxed(),
-        changes(connections, "Connection", |c: &Connection| {
-            Summary::of(
-                c,
-                c.status
-                    .as_ref()
-                    .map(|s| s.conditions.as_slice())
-                    .unwrap_or_default(),
-            )
-        })
+        changes(services, "Service", Summary::of_service, end.clone()).boxed(),
+        changes(
+            connections,
+            "Connection",
+            |c: &Connection| {
+                Summary::of(
+                    c,
+                    c.status
+                        .as_ref()
+                        .map(|s| s.conditions.as_slice())
+                        .unwrap_or_default(),
+                )
+            },
+            end,
+        )
         .boxed(),
     );
     let mut dedup = Dedup::default();
     let events = merged
         .flat_map(move |c| stream::iter(dedup.step(c)))
         .map(Ok::<_, Infallible>);
+    // The stream ends on shutdown, when a watch is refused (the error event
+    // is sent first), or at its deadline: the token's expiry or
+    // --stream-max-duration, whichever comes first. A reconnect is a new
+    // request, reviewed again.
     let mut shutdown = app.shutdown.clone();
+    let lifetime = id
+        .expires
+        .and_then(|e| e.duration_since(std::time::SystemTime::now()).ok())
+        .map_or(app.stream_max, |left| left.min(app.stream_max));
     let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {}
+            _ = ended.wait_for(|e| *e) => {}
+            _ = tokio::time::sleep(lifetime) => {}
+        }
     };
     let user = id.username.clone();
     tracing::debug!(user, namespace = ns, "event stream opened");

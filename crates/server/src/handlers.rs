@@ -169,13 +169,48 @@ pub async fn list(id: &Identity, loc: &Loc, project: Option<&str>) -> Result<Res
         .request()
         .list(&ListParams::default())
         .map_err(build_err)?;
-    let mut list = call(id, req, loc.action("list")).await?;
+    let mut list = match call(id, req, loc.action("list")).await {
+        Ok(list) => list,
+        // A project member may not list Projects or Environments, only get
+        // their own: list those (mahler_client::visible).
+        Err(e) if e.code() == 403 && !loc.kind.namespaced() => {
+            visible_list(id, loc).await.map_err(|_| e)?
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(project) = project
         && let Some(items) = list.get_mut("items").and_then(Value::as_array_mut)
     {
         items.retain(|i| i.pointer("/spec/project").and_then(Value::as_str) == Some(project));
     }
     Ok(Json(list).into_response())
+}
+
+/// The Projects or Environments the caller may get, as a Kubernetes list.
+async fn visible_list(id: &Identity, loc: &Loc) -> Result<Value, kube::Error> {
+    let (kind, items) = match loc.kind {
+        Kind::Project => (
+            "ProjectList",
+            serde_json::to_value(
+                mahler_client::visible::list_visible::<mahler_api::Project>(&id.client).await?,
+            ),
+        ),
+        _ => (
+            "EnvironmentList",
+            serde_json::to_value(
+                mahler_client::visible::list_visible::<mahler_api::Environment>(&id.client).await?,
+            ),
+        ),
+    };
+    let mut items = items.unwrap_or_default();
+    // Items of a typed list carry their kind, as in a Kubernetes list.
+    if let Value::Array(objs) = &mut items {
+        for o in objs {
+            o["apiVersion"] = json!("mahler.dev/v1alpha1");
+            o["kind"] = json!(kind.trim_end_matches("List"));
+        }
+    }
+    Ok(json!({"apiVersion": "mahler.dev/v1alpha1", "kind": kind, "metadata": {}, "items": items}))
 }
 
 pub async fn get(id: &Identity, loc: &Loc) -> Result<Response, ApiError> {
@@ -213,9 +248,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-/// A replace. Without `metadata.resourceVersion` it replaces whatever is
-/// there (one GET first for the version); with it, a 409 when the object
-/// changed since.
+/// A replace of what the API writes (spec, labels, annotations). Without
+/// `metadata.resourceVersion` it replaces whatever is there; with it, a 409
+/// when the object changed since. The current object is read first: its
+/// finalizers and owner references are kept (a Kubernetes update replaces
+/// them wholesale, and dropping the operator's finalizer would skip its
+/// cleanup).
 pub async fn replace(
     id: &Identity,
     loc: &Loc,
@@ -223,15 +261,20 @@ pub async fn replace(
     w: WriteQuery,
 ) -> Result<Response, ApiError> {
     let mut obj = parse_object(loc, bytes)?;
-    if obj.resource_version.is_none() {
-        let req = loc
-            .request()
-            .get(loc.name(), &GetParams::default())
-            .map_err(build_err)?;
-        let current = call(id, req, loc.action("get")).await?;
-        if let Some(rv) = current.pointer("/metadata/resourceVersion").cloned() {
-            obj.value["metadata"]["resourceVersion"] = rv;
+    let req = loc
+        .request()
+        .get(loc.name(), &GetParams::default())
+        .map_err(build_err)?;
+    let current = call(id, req, loc.action("get")).await?;
+    for field in ["finalizers", "ownerReferences"] {
+        if let Some(v) = current.pointer(&format!("/metadata/{field}")).cloned() {
+            obj.value["metadata"][field] = v;
         }
+    }
+    if obj.resource_version.is_none()
+        && let Some(rv) = current.pointer("/metadata/resourceVersion").cloned()
+    {
+        obj.value["metadata"]["resourceVersion"] = rv;
     }
     let data = serde_json::to_vec(&obj.value).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let req = strict(

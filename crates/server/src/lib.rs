@@ -42,6 +42,9 @@ pub struct App {
     pub request_timeout: Duration,
     /// Becomes true on SIGTERM/SIGINT: event streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Longest an event stream runs before it ends (the client reconnects,
+    /// and its token is reviewed again); also bounded by the token's expiry.
+    pub stream_max: Duration,
     pub openapi: String,
 }
 
@@ -185,7 +188,12 @@ async fn timeout(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 /// (a rejection axum made) gets the API's error body.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
+    // A fixed set: any other method string (hyper accepts extension
+    // methods, before authentication) would add a metric series.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "OTHER".to_string(),
+    };
     let mut res = next.run(req).await;
     let status = res.status();
     let is_json = res

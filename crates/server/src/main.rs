@@ -85,6 +85,7 @@ async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         metrics,
         body_limit: args.body_limit,
         request_timeout: args.request_timeout,
+        stream_max: args.stream_max_duration,
         shutdown: shutdown.clone(),
         openapi: openapi::render(),
     });

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Longest a request may take (not the event streams), e.g. 30s, 500ms, 2m.
     #[arg(long, env = "MAHLER_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Longest an event stream runs; it also ends when the token expires
+    /// or the watch is refused (401/403). Clients reconnect.
+    #[arg(long, env = "MAHLER_API_STREAM_MAX_DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub stream_max_duration: Duration,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "MAHLER_API_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

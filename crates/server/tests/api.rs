@@ -82,6 +82,7 @@ fn app(calls: Arc<std::sync::Mutex<Vec<String>>>) -> axum::Router {
         body_limit: 1024,
         request_timeout: Duration::from_secs(5),
         shutdown,
+        stream_max: Duration::from_secs(60),
         openapi: openapi::render(),
     }))
 }
