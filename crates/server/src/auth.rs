@@ -124,7 +124,14 @@ pub struct Authenticator {
     config: CacheConfig,
     cache: TtlCache<[u8; 32], Verdict>,
     metrics: Arc<Metrics>,
+    /// TokenReviews in flight at most: a flood of new (random) tokens waits
+    /// here instead of loading kube-apiserver, and gives up with a 503.
+    reviews: tokio::sync::Semaphore,
 }
+
+/// TokenReviews in flight at most, and how long a request waits for one.
+const MAX_REVIEWS: usize = 32;
+const REVIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const EXPECTED: &str = "send `Authorization: Bearer <token>` with a Kubernetes token (a ServiceAccount token from `kubectl create token`, or your cluster's OIDC token)";
 
@@ -135,6 +142,7 @@ impl Authenticator {
             config,
             cache: TtlCache::new(config.max_entries),
             metrics,
+            reviews: tokio::sync::Semaphore::new(MAX_REVIEWS),
         }
     }
 
@@ -161,9 +169,24 @@ impl Authenticator {
             },
             ..Default::default()
         };
-        let result = Api::<TokenReview>::all(self.base.clone())
-            .create(&PostParams::default(), &review)
-            .await;
+        let busy = || {
+            self.reviewed("busy");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the token could not be checked in time (too many new tokens at once, or kube-apiserver is slow); retry shortly",
+            )
+        };
+        let _permit = match tokio::time::timeout(REVIEW_WAIT, self.reviews.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(busy()),
+        };
+        let result = tokio::time::timeout(
+            REVIEW_WAIT,
+            Api::<TokenReview>::all(self.base.clone()).create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| busy())?;
         let status = match result {
             Ok(r) => r.status.unwrap_or_default(),
             Err(e) => {
