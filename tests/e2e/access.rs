@@ -603,7 +603,16 @@ async fn one_projects_secrets_cannot_be_read_from_another() {
     // And the other way round.
     let (ok, _) = env.kubectl_as(vault_member, &["get", "secrets", "-n", "shop-staging"]);
     assert!(!ok, "vault's member listed shop's secrets");
-    env.kubectl(&["delete", "project", "vault", "thief", "--wait=false"]);
+    // Waited for: the template's `tofu destroy` must not run into another
+    // test's window (the no-op test counts every operator write).
+    env.kubectl(&[
+        "delete",
+        "project",
+        "vault",
+        "thief",
+        "--wait=true",
+        "--timeout=180s",
+    ]);
 }
 
 #[tokio::test]

@@ -183,7 +183,9 @@ async fn rendered_chart_passes_a_server_side_dry_run_under_restricted_pod_securi
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n    pod-security.kubernetes.io/warn: restricted\n"
     ));
     let chart = chart();
-    // Another release name, so the dry run collides with nothing installed.
+    // Another release name, so the dry run collides with nothing installed
+    // (and without the cluster-wide access roles, which the suite's release
+    // holds: a second release sets rbac.accessRoles=false).
     let yaml = run_helm(&[
         "template",
         "dry",
@@ -191,7 +193,7 @@ async fn rendered_chart_passes_a_server_side_dry_run_under_restricted_pod_securi
         "--namespace",
         ns,
         "--set",
-        "replicas=3",
+        "replicas=3,rbac.accessRoles=false",
     ]);
     let out = kubectl_output(
         &e.kubectl,
@@ -387,11 +389,31 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
     };
     // The suite's release at the previous chart, then upgraded to this one
     // with changed values.
+    // While the previous chart is installed, the operator under test is
+    // refused what only this chart grants (the access objects): the RBAC
+    // audit check leaves that window out (rbac.rs).
+    let mark = |what: &str| {
+        let now = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+            .output()
+            .unwrap();
+        let line = format!("{what} {}", String::from_utf8_lossy(&now.stdout));
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(e.dir.join("previous-chart-window"))
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+    };
+    mark("start");
     release(fixture.to_str().unwrap(), "replicas=2");
     release(
         &chart(),
         "replicas=3,operator.concurrency=8,operator.logLevel=debug,podDisruptionBudget.maxUnavailable=2",
     );
+    mark("end");
     let history = run_helm(&["history", "mahler", "-n", "mahler-system", "-o", "json"]);
     let history: Value = serde_json::from_str(&history).unwrap();
     let revisions = history.as_array().unwrap();

@@ -85,12 +85,6 @@ impl TestEnv {
                 "--namespace",
                 "mahler-system",
                 "--create-namespace",
-                // The REST API's ServiceAccount and ClusterRole; the server
-                // under test runs beside the cluster with its token (rest.rs).
-                "--set",
-                "apiServer.enabled=true",
-                "--set",
-                "apiServer.tls.secretName=mahler-api-tls",
                 "--wait",
                 "--timeout=120s",
             ],

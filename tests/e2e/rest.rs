@@ -1,8 +1,12 @@
 //! The REST API (`mahler-server`, docs/api.md) against the real cluster:
-//! started once per run beside it, as the chart's `mahler-api`
-//! ServiceAccount (TokenReview and impersonation only), plain HTTP on
-//! loopback. Callers are the local cluster's token users.
+//! started once per run beside it, plain HTTP on loopback, as the
+//! ServiceAccount the chart's `apiServer` template makes (TokenReview and
+//! impersonation only). That template is rendered as its own release,
+//! `e2e`, and applied with kubectl, so the chart tests' upgrades of the
+//! suite's release leave it alone. Callers are the local cluster's token
+//! users.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -10,12 +14,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::access::{Case, Kind, Verb, allowed_via_rest, check_matrix, fixtures};
-use crate::harness::{built_binary, env, free_port, service_account_kubeconfig, shared};
+use crate::harness::{built_binary, env, free_port, helm, service_account_kubeconfig, shared};
 
 pub struct Rest {
     pub base: String,
     _child: Mutex<Child>,
 }
+
+/// The server's ServiceAccount (release `e2e` of the chart's template).
+pub const API_SA: &str = "e2e-api";
+pub const API_USER: &str = "system:serviceaccount:mahler-system:e2e-api";
 
 /// How long the test server caches an accepted token (the default is 30 s).
 const TOKEN_TTL_SECONDS: u64 = 3;
@@ -25,12 +33,29 @@ pub fn rest() -> &'static Rest {
     REST.get_or_init(|| {
         let env = env();
         let bin = built_binary("mahler-server", "mahler-server");
+        let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/mahler");
+        let rendered = helm(
+            &env.tools,
+            &env.kubeconfig,
+            &[
+                "template",
+                "e2e",
+                chart.to_str().unwrap(),
+                "--namespace",
+                "mahler-system",
+                "--show-only",
+                "templates/api-server.yaml",
+                "--set",
+                "apiServer.enabled=true,apiServer.tls.secretName=e2e-api-tls",
+            ],
+        );
+        env.apply(&rendered);
         let kubeconfig = env.dir.join("api.kubeconfig");
         service_account_kubeconfig(
             &env.kubectl,
             &env.kubeconfig,
             "mahler-system",
-            "mahler-api",
+            API_SA,
             &kubeconfig,
         );
         let port = free_port();
@@ -278,8 +303,7 @@ async fn the_access_matrix_holds_through_the_rest_api() {
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .any(|e| {
-                e["user"]["username"] == "system:serviceaccount:mahler-system:mahler-api"
-                    && e["impersonatedUser"]["username"] == "shop-dev"
+                e["user"]["username"] == API_USER && e["impersonatedUser"]["username"] == "shop-dev"
             }),
         "no request of the server impersonating shop-dev in the audit log"
     );
