@@ -1,5 +1,7 @@
 //! Environment reconciler: its namespace and default-deny policy, once its
-//! Project exists; on deletion, deletes the namespace and waits for it.
+//! Project exists; on deletion, deletes its template Services (their
+//! infrastructure is destroyed while the namespace is live), then the
+//! namespace, and waits for it.
 
 use std::time::Duration;
 
@@ -8,8 +10,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
+use super::routes::View;
 use super::{Context, Error, access, apply, finalizer, status, valid_ref};
-use mahler_api::{Environment, EnvironmentStatus, Health};
+use mahler_api::{Environment, EnvironmentStatus, Health, Service};
 use mahler_core::environment::{
     DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace,
 };
@@ -28,6 +31,33 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
             finalizer::remove(ctx, env).await?;
             return Ok(Action::await_change());
         };
+        // Template Services go first, while the namespace is live: their
+        // `tofu destroy` runs as the environment's own ServiceAccount, which
+        // cannot be made (nor its token) in a terminating namespace, and
+        // the namespace controller would delete it.
+        let mut templates = Vec::new();
+        ctx.caches.services_in(Some(&ns_name), &mut |s: &Service| {
+            if s.spec.source.template.is_some() {
+                templates.push(s.clone());
+            }
+        });
+        let terminating = namespace.meta().deletion_timestamp.is_some();
+        if !templates.is_empty() && !terminating {
+            templates.sort_by_key(|s| s.name_any());
+            for s in &templates {
+                apply::delete(ctx, s).await?;
+            }
+            let names: Vec<String> = templates.iter().map(|s| s.name_any()).collect();
+            let health = Health::progressing(
+                "Deleting",
+                format!(
+                    "waiting for template services to destroy their infrastructure: {}",
+                    names.join(", ")
+                ),
+            );
+            write_status(ctx, env, &health, Some(ns_name)).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
         apply::delete(ctx, namespace.as_ref()).await?;
         let health = Health::progressing(
             "Deleting",
