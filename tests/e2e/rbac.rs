@@ -240,6 +240,10 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
     {
         if event["impersonatedUser"]["username"].is_string() {
             impersonated += 1;
+        } else if event["objectRef"].is_null() {
+            // A non-resource URL: /readyz asks kube-apiserver for /version,
+            // which every authenticated user may read (no grant).
+            assert_eq!(event["requestURI"], "/version", "{event}");
         } else if event["objectRef"]["resource"] == "tokenreviews"
             && event["verb"] == "create"
             && event["annotations"]["authorization.k8s.io/decision"] != "forbid"
