@@ -216,46 +216,21 @@ impl Caches {
             writers.namespaces,
             move |ns: &Namespace| routes::namespace_changed(ns, &w),
         );
-        let w = wake.clone();
-        let deployments = feed_children(
-            Api::all(client.clone()),
-            managed.clone(),
-            writers.deployments,
-            move |d: &ChildObject<Deployment>| routes::child_changed(d, &w),
-        );
-        let w = wake.clone();
-        let kube_services = feed_children(
-            Api::all(client.clone()),
-            managed.clone(),
-            writers.kube_services,
-            move |s: &ChildObject<KubeService>| routes::child_changed(s, &w),
-        );
-        let w = wake.clone();
-        let network_policies = feed_children(
-            Api::all(client.clone()),
-            managed.clone(),
-            writers.network_policies,
-            move |np: &ChildObject<NetworkPolicy>| routes::child_changed(np, &w),
-        );
-        let w = wake.clone();
-        let role_bindings = feed_children(
-            Api::all(client.clone()),
-            managed.clone(),
-            writers.role_bindings,
-            move |rb: &ChildObject<RoleBinding>| routes::child_changed(rb, &w),
-        );
-        let w = wake.clone();
-        let cluster_roles = feed_children(
-            Api::all(client.clone()),
-            managed.clone(),
-            writers.cluster_roles,
-            move |cr: &ChildObject<ClusterRole>| routes::child_changed(cr, &w),
-        );
-        let cluster_role_bindings = feed_children(
-            Api::all(client),
-            managed,
+        let deployments =
+            child_feed::<Deployment, _>(&client, &managed, writers.deployments, &wake);
+        let kube_services =
+            child_feed::<KubeService, _>(&client, &managed, writers.kube_services, &wake);
+        let network_policies =
+            child_feed::<NetworkPolicy, _>(&client, &managed, writers.network_policies, &wake);
+        let role_bindings =
+            child_feed::<RoleBinding, _>(&client, &managed, writers.role_bindings, &wake);
+        let cluster_roles =
+            child_feed::<ClusterRole, _>(&client, &managed, writers.cluster_roles, &wake);
+        let cluster_role_bindings = child_feed::<ClusterRoleBinding, _>(
+            &client,
+            &managed,
             writers.cluster_role_bindings,
-            move |crb: &ChildObject<ClusterRoleBinding>| routes::child_changed(crb, &wake),
+            &wake,
         );
         async move {
             futures::join!(
@@ -352,6 +327,27 @@ where
             }
             future::ready(())
         })
+}
+
+/// The watch of one child kind (by the managed-by label), each change routed
+/// to its owner.
+fn child_feed<K, W>(
+    client: &Client,
+    managed: &watcher::Config,
+    writer: ChildStoreWriter<K>,
+    wake: &W,
+) -> impl Future<Output = ()> + Send + 'static + use<K, W>
+where
+    K: ChildKind + Clone + Debug,
+    W: Fn(Wake) + Clone + Send + Sync + 'static,
+{
+    let wake = wake.clone();
+    feed_children(
+        Api::all(client.clone()),
+        managed.clone(),
+        writer,
+        move |o: &ChildObject<K>| routes::child_changed(o, &wake),
+    )
 }
 
 /// Drives the watch of a child kind into its [`ChildStore`], calling `route`

@@ -421,8 +421,20 @@ pub mod routes {
         })
     }
 
-    async fn body_of(app: &App, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
-        body::read(headers, body, app.body_limit).await
+    /// What every write reads from its request: where (the path), how
+    /// (`?dryRun`), and the body (within the size limit), in that order.
+    async fn write_input(
+        app: &App,
+        kind: Kind,
+        p: Params,
+        q: Wq,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Loc, WriteQuery, bytes::Bytes), ApiError> {
+        let loc = Loc::from_params(kind, p)?;
+        let w = write_query(q)?;
+        let bytes = body::read(headers, body, app.body_limit).await?;
+        Ok((loc, w, bytes))
     }
 
     macro_rules! kind_routes {
@@ -439,9 +451,7 @@ pub mod routes {
                 h: HeaderMap,
                 b: Body,
             ) -> Result<Response, ApiError> {
-                let loc = Loc::from_params($kind, p)?;
-                let w = write_query(q)?;
-                let bytes = body_of(&app, &h, b).await?;
+                let (loc, w, bytes) = write_input(&app, $kind, p, q, &h, b).await?;
                 create(&id, &loc, &bytes, w).await
             }
             pub async fn $get(Extension(id): Id, p: Params) -> Result<Response, ApiError> {
@@ -455,9 +465,7 @@ pub mod routes {
                 h: HeaderMap,
                 b: Body,
             ) -> Result<Response, ApiError> {
-                let loc = Loc::from_params($kind, p)?;
-                let w = write_query(q)?;
-                let bytes = body_of(&app, &h, b).await?;
+                let (loc, w, bytes) = write_input(&app, $kind, p, q, &h, b).await?;
                 replace(&id, &loc, &bytes, w).await
             }
             pub async fn $patch(
@@ -468,9 +476,7 @@ pub mod routes {
                 h: HeaderMap,
                 b: Body,
             ) -> Result<Response, ApiError> {
-                let loc = Loc::from_params($kind, p)?;
-                let w = write_query(q)?;
-                let bytes = body_of(&app, &h, b).await?;
+                let (loc, w, bytes) = write_input(&app, $kind, p, q, &h, b).await?;
                 patch(&id, &loc, &bytes, w).await
             }
             pub async fn $delete(
@@ -546,9 +552,7 @@ pub mod routes {
         h: HeaderMap,
         b: Body,
     ) -> Result<Response, ApiError> {
-        let loc = Loc::from_params(Kind::Service, p)?;
-        let w = write_query(q)?;
-        let bytes = body_of(&app, &h, b).await?;
+        let (loc, w, bytes) = write_input(&app, Kind::Service, p, q, &h, b).await?;
         deploy(&id, &loc, &bytes, w).await
     }
 
@@ -560,9 +564,7 @@ pub mod routes {
         h: HeaderMap,
         b: Body,
     ) -> Result<Response, ApiError> {
-        let loc = Loc::from_params(Kind::Service, p)?;
-        let w = write_query(q)?;
-        let bytes = body_of(&app, &h, b).await?;
+        let (loc, w, bytes) = write_input(&app, Kind::Service, p, q, &h, b).await?;
         approve(&id, &loc, &bytes, w).await
     }
 
