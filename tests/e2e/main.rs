@@ -408,6 +408,9 @@ async fn hand_edits_to_mahler_fields_are_reverted_and_additions_by_others_kept()
             })
             .count()
     };
+    // The restore's own write must be in the audit log before counting
+    // (the image shows in a GET before its audit event is written).
+    settle(env).await;
     let before = deployment_writes();
     env.kubectl(&["-n", &ns, "set", "env", "deploy/web", "EXTRA=1"]);
     env.service_reconciles(5.0).await;
