@@ -253,6 +253,28 @@ async fn cli_creates_lists_connects_and_deletes_what_users_work_with() {
         "{}",
         out.stdout
     );
+    // The connection re-rolls api (DB_* variables); `connect --wait` waits for
+    // the Connection only. Wait for that rollout, then for api's status.
+    let deployments = Api::<Deployment>::namespaced(client.clone(), "clia-staging");
+    wait_for(
+        &deployments,
+        "api",
+        "api rolled out with DB_HOST",
+        |d: Option<&Deployment>| {
+            d.is_some_and(|d| {
+                let want = d.spec.as_ref().and_then(|s| s.replicas);
+                let s = d.status.clone().unwrap_or_default();
+                super::pod_env(d).contains_key("DB_HOST")
+                    && s.observed_generation == d.metadata.generation
+                    && s.updated_replicas == want
+                    && s.replicas == want
+                    && s.available_replicas == want
+            })
+        },
+    )
+    .await;
+    let services = Api::<Service>::namespaced(client.clone(), "clia-staging");
+    wait_for(&services, "api", "api Ready", is_ready(svc_conditions)).await;
 
     // Every output format.
     let names = cli.run(&["service", "list", "-o", "name"]).ok().stdout;
