@@ -47,7 +47,7 @@ run: tools build
 	hack/run.sh
 
 stop:
-	-@d=$$(dirname $$(hack/cluster.sh kubeconfig mahler)); for p in operator api; do [ -f $$d/$$p.pid ] && kill $$(cat $$d/$$p.pid) 2>/dev/null; done; true
+	-@d=$$(dirname $$(hack/cluster.sh kubeconfig mahler)); for p in operator api; do [ -f $$d/$$p.pid ] && kill $$(cat $$d/$$p.pid) 2>/dev/null; done; hack/consul.sh down $$d/consul; true
 	@hack/cluster.sh down mahler
 
 test: tools

@@ -3,7 +3,8 @@
 # RBAC, admission policies; kwok simulates the Deployment's pods), the
 # operator and the REST API beside the cluster as the chart's
 # ServiceAccounts (in the background, logs in .cluster/mahler/operator.log
-# and api.log) and manifests/examples, then
+# and api.log), a Consul agent (Consul on for shop-staging) and
+# manifests/examples, then
 # `mahler status shop-staging` once everything is Ready. `make stop` ends it all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,9 +15,15 @@ kubectl=$tools/kubectl
 eval "$(hack/cluster.sh up mahler)"
 dir=$(dirname "$KUBECONFIG")
 
+# A Consul agent beside the cluster (dev mode, ACLs on): docs/consul.md.
+hack/consul.sh up "$dir/consul"
+# shellcheck disable=SC1091
+source "$dir/consul/consul.env"
+
 HELM_CACHE_HOME=$dir/helm/cache HELM_CONFIG_HOME=$dir/helm/config HELM_DATA_HOME=$dir/helm/data \
   "$tools/helm" upgrade --install mahler charts/mahler --namespace mahler-system --create-namespace \
   --set apiServer.enabled=true --set apiServer.tls.secretName=mahler-api-tls \
+  --set consul.address="$CONSUL_HTTP_ADDR" \
   --wait --timeout 120s >/dev/null
 "$kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
@@ -40,6 +47,7 @@ fi
 KUBECONFIG=$(sa_kubeconfig mahler-operator) MAHLER_LEADER_ELECT=false \
   MAHLER_TERRAFORM_ROLE=mahler-terraform POD_NAMESPACE=mahler-system MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8080} \
   MAHLER_TOFU=$tools/tofu MAHLER_PROVIDER_MIRROR=$mirror MAHLER_TOFU_WORKDIR=$dir/tofu \
+  MAHLER_CONSUL_ADDRESS=$CONSUL_HTTP_ADDR MAHLER_CONSUL_TOKEN_FILE=$dir/consul/consul-token \
   nohup target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"
 echo ">> operator running (pid $(cat "$dir/operator.pid"), log $dir/operator.log, metrics http://127.0.0.1:${MAHLER_METRICS_PORT:-8080}/metrics)"
@@ -68,6 +76,8 @@ spec:
 YAML
 "$kubectl" apply -f manifests/examples/00-shop-project.yaml
 "$kubectl" wait --for=condition=Ready environments.mahler.dev --all --timeout=60s >/dev/null
+# Consul on for the example staging environment (the examples stay portable).
+"$kubectl" patch environment shop-staging --type=merge -p '{"spec":{"consul":{"enabled":true}}}' >/dev/null
 "$kubectl" apply -f manifests/templates/
 "$kubectl" apply -f manifests/examples/10-shop-services.yaml -f manifests/examples/20-shop-credentials.yaml
 "$kubectl" wait --for=condition=Ready projects.mahler.dev,environments.mahler.dev --all --timeout=60s >/dev/null
@@ -80,4 +90,5 @@ echo "export KUBECONFIG=$KUBECONFIG PATH=$root/target/release:\$PATH"
 echo "mahler status shop-staging      # or: mahler graph shop-staging, kubectl mahler ..., kubectl get mahler -A"
 echo "mahler --kube-context shop-dev deploy api --image registry.example/shop/api:1.5.0 --env shop-staging   # as a local user (docs/access.md)"
 echo "curl -H \"Authorization: Bearer \$(hack/cluster.sh token shop-viewer)\" http://$api/api/v1/environments/shop-staging/graph"
-echo "make stop                        # stop the operator and the cluster"
+echo "curl -H \"X-Consul-Token: $CONSUL_HTTP_TOKEN\" $CONSUL_HTTP_ADDR/v1/health/service/shop-staging-api   # Consul (docs/consul.md; UI at $CONSUL_HTTP_ADDR/ui)"
+echo "make stop                        # stop the operator, Consul and the cluster"

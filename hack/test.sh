@@ -22,6 +22,7 @@ cleanup() {
     if [[ -f $MAHLER_TEST_DIR/$pid.pid ]]; then kill "$(cat "$MAHLER_TEST_DIR/$pid.pid")" 2>/dev/null || true; fi
   done
   if [[ ${KEEP_CLUSTER:-} == 1 ]]; then echo "kept cluster: $MAHLER_TEST_DIR"; return; fi
+  hack/consul.sh down "$MAHLER_TEST_DIR/consul" >/dev/null 2>&1 || true
   hack/cluster.sh down "$name" >/dev/null 2>&1 || true
   rm -rf "$MAHLER_CLUSTER_DIR"
 }
@@ -29,6 +30,9 @@ trap cleanup EXIT
 
 echo ">> starting the test cluster"
 hack/cluster.sh up "$name" >/dev/null
+# One Consul agent for the whole run (tests isolate by environment prefix).
+echo ">> starting Consul (dev mode, ACLs on)"
+hack/consul.sh up "$MAHLER_TEST_DIR/consul"
 # The CLI the e2e tests run (tests/e2e/cli.rs builds it too; this keeps the
 # build out of the tests' time).
 cargo build -q -p mahler-cli -p mahler-server --bins

@@ -17,7 +17,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${MAHLER_TOOLS_CACHE:-$HOME/.cache/mahler/tools}
-all_components=(etcd kubernetes kwok tofu provider-random provider-null provider-kubernetes helm gitops-check)
+all_components=(etcd kubernetes kwok tofu provider-random provider-null provider-kubernetes helm gitops-check consul)
 
 # binaries <component>: the packages a wrapper builds, as "name=package".
 binaries() {
@@ -30,6 +30,8 @@ binaries() {
     kwok) echo "kwok=sigs.k8s.io/kwok/cmd/kwok kwokctl=sigs.k8s.io/kwok/cmd/kwokctl" ;;
     tofu) echo "tofu=github.com/opentofu/opentofu/cmd/tofu" ;;
     helm) echo "helm=helm.sh/helm/v3/cmd/helm" ;;
+    # v1.16.1, the last MPL-2.0 release (tools/consul/go.mod says why a wrapper).
+    consul) echo "consul=github.com/hashicorp/consul" ;;
     # Mahler's own small main (tools/gitops-check/main.go): kstatus, the
     # library Flux uses, and gopher-lua, the interpreter Argo CD embeds.
     gitops-check) echo "gitops-check=mahler.dev/tools/gitops-check" ;;

@@ -93,6 +93,54 @@ pub struct Args {
     /// Disable the Terraform engine (template Services report EngineUnavailable).
     #[arg(long, env = "MAHLER_TERRAFORM_DISABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub terraform_disabled: bool,
+    /// Consul's HTTP address (`http://host:8500` or `https://host:8501`).
+    /// Unset: nothing Consul-related runs (docs/consul.md).
+    #[arg(long, env = "MAHLER_CONSUL_ADDRESS")]
+    pub consul_address: Option<String>,
+    /// The Consul datacenter (default: the agent's own).
+    #[arg(long, env = "MAHLER_CONSUL_DATACENTER")]
+    pub consul_datacenter: Option<String>,
+    /// A file holding the Consul ACL token (the chart mounts a Secret);
+    /// read at every sync, so a rotated token is picked up.
+    #[arg(long, env = "MAHLER_CONSUL_TOKEN_FILE")]
+    pub consul_token_file: Option<std::path::PathBuf>,
+    /// PEM CA bundle that signs Consul's HTTPS certificate.
+    #[arg(long, env = "MAHLER_CONSUL_CA_FILE")]
+    pub consul_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for Consul's mutual TLS (with --consul-client-key).
+    #[arg(
+        long,
+        env = "MAHLER_CONSUL_CLIENT_CERT",
+        requires = "consul_client_key"
+    )]
+    pub consul_client_cert: Option<std::path::PathBuf>,
+    /// PEM key of --consul-client-cert.
+    #[arg(
+        long,
+        env = "MAHLER_CONSUL_CLIENT_KEY",
+        requires = "consul_client_cert"
+    )]
+    pub consul_client_key: Option<std::path::PathBuf>,
+    /// The catalog node Mahler registers its instances on; one per cluster
+    /// sharing a Consul datacenter.
+    #[arg(long, env = "MAHLER_CONSUL_NODE", default_value = "mahler")]
+    pub consul_node: String,
+    /// The address of that node.
+    #[arg(long, env = "MAHLER_CONSUL_NODE_ADDRESS", default_value = "127.0.0.1")]
+    pub consul_node_address: String,
+    /// The Consul API gateway `spec.expose` routes attach to ("": none, and
+    /// `expose` is refused).
+    #[arg(long, env = "MAHLER_CONSUL_GATEWAY", default_value = "mahler-gateway")]
+    pub consul_gateway: String,
+    /// The port of that gateway's HTTP listener.
+    #[arg(long, env = "MAHLER_CONSUL_GATEWAY_PORT", default_value_t = 8080)]
+    pub consul_gateway_port: u16,
+    /// Consul's DNS domain, for the injected `<PREFIX>_CONSUL_HOST`.
+    #[arg(long, env = "MAHLER_CONSUL_DNS_DOMAIN", default_value = "consul")]
+    pub consul_dns_domain: String,
+    /// Seconds between full Consul syncs when nothing pokes one.
+    #[arg(long, env = "MAHLER_CONSUL_RESYNC_SECONDS", default_value_t = 60)]
+    pub consul_resync_seconds: u64,
     /// Log format.
     #[arg(long, env = "MAHLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -206,6 +254,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         concurrency: args.concurrency.max(1),
         drift_check_interval: Some(drift_check_interval),
         terraform_identity,
+        consul: consul_settings(&args),
     };
     let engine = start_engine(&args, &client, &metrics).await;
 
@@ -310,6 +359,31 @@ async fn wait_for_crds(
             _ = shutdown.wait_for(|s| *s) => return Ok(false),
         }
     }
+}
+
+/// The Consul settings from the flags (None without --consul-address).
+fn consul_settings(args: &Args) -> Option<mahler_controller::consul::ConsulSettings> {
+    let address = args.consul_address.clone().filter(|a| !a.is_empty())?;
+    info!(%address, node = %args.consul_node, "Consul is on");
+    Some(mahler_controller::consul::ConsulSettings {
+        client: mahler_consul::Config {
+            address,
+            datacenter: args.consul_datacenter.clone(),
+            ca_file: args.consul_ca_file.clone(),
+            client_cert: args
+                .consul_client_cert
+                .clone()
+                .zip(args.consul_client_key.clone()),
+            timeout: Duration::from_secs(10),
+        },
+        token_file: args.consul_token_file.clone(),
+        node: args.consul_node.clone(),
+        node_address: args.consul_node_address.clone(),
+        gateway: (!args.consul_gateway.is_empty())
+            .then(|| (args.consul_gateway.clone(), args.consul_gateway_port)),
+        dns_domain: args.consul_dns_domain.clone(),
+        resync: Duration::from_secs(args.consul_resync_seconds.max(1)),
+    })
 }
 
 /// DER certificates as one PEM bundle.

@@ -409,9 +409,13 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
     };
     mark("start");
     release(fixture.to_str().unwrap(), "replicas=2");
+    // Consul stays on, as the suite's release has it (harness.rs).
     release(
         &chart(),
-        "replicas=3,operator.concurrency=8,operator.logLevel=debug,podDisruptionBudget.maxUnavailable=2",
+        &format!(
+            "replicas=3,operator.concurrency=8,operator.logLevel=debug,podDisruptionBudget.maxUnavailable=2,consul.address={}",
+            e.consul.address
+        ),
     );
     mark("end");
     let history = run_helm(&["history", "mahler", "-n", "mahler-system", "-o", "json"]);
@@ -465,7 +469,7 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
     )
     .await;
 
-    // Back to the defaults the rest of the suite expects.
+    // Back to the values the rest of the suite expects (defaults, Consul on).
     run_helm(&[
         "upgrade",
         "mahler",
@@ -473,6 +477,8 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
         "--namespace",
         "mahler-system",
         "--reset-values",
+        "--set",
+        &format!("consul.address={}", e.consul.address),
         "--wait",
         "--timeout=120s",
     ]);

@@ -38,6 +38,61 @@ pub struct TestEnv {
     operator_kubeconfig: PathBuf,
     operator: Mutex<Option<Child>>,
     pub metrics_port: u16,
+    pub consul: Consul,
+}
+
+/// The run's Consul agent (hack/consul.sh, started by hack/test.sh).
+pub struct Consul {
+    pub dir: PathBuf,
+    pub address: String,
+    /// The management token (the agent runs with ACLs, default deny).
+    pub token: String,
+    /// What the operator reads its token from (tests may swap it).
+    pub token_file: PathBuf,
+}
+
+impl Consul {
+    fn read(dir: &std::path::Path) -> Consul {
+        let env = std::fs::read_to_string(dir.join("consul.env")).expect(
+            "consul.env: run the end-to-end tests with `make test` (hack/test.sh starts Consul)",
+        );
+        let get = |key: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("{key} in consul.env"))
+                .to_string()
+        };
+        Consul {
+            dir: dir.to_path_buf(),
+            address: get("CONSUL_HTTP_ADDR"),
+            token: get("CONSUL_HTTP_TOKEN"),
+            token_file: dir.join("consul-token"),
+        }
+    }
+
+    /// A client with the management token.
+    pub fn client(&self) -> mahler_consul::Client {
+        let client = mahler_consul::Client::new(mahler_consul::Config {
+            address: self.address.clone(),
+            ..Default::default()
+        })
+        .expect("consul client");
+        client.set_token(Some(self.token.clone()));
+        client
+    }
+
+    /// Restarts the agent (dev mode: it comes back empty).
+    pub fn restart(&self) {
+        let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("hack/consul.sh"))
+            .args(["restart", self.dir.to_str().unwrap()])
+            .output()
+            .expect("hack/consul.sh");
+        assert!(
+            out.status.success(),
+            "consul restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 pub async fn shared() -> RwLockReadGuard<'static, ()> {
@@ -75,6 +130,8 @@ impl TestEnv {
         // admission policies, the Deployment, whose pods kwok simulates).
         // The operator under test runs beside the cluster with the chart's
         // ServiceAccount token, so every test exercises the chart's RBAC.
+        let consul = Consul::read(&dir.join("consul"));
+        let consul_address = format!("consul.address={}", consul.address);
         helm(
             &tools,
             &kubeconfig,
@@ -85,6 +142,10 @@ impl TestEnv {
                 "--namespace",
                 "mahler-system",
                 "--create-namespace",
+                // Consul on, as users turn it on (the operator under test
+                // runs beside the cluster and reaches the test's agent).
+                "--set",
+                &consul_address,
                 "--wait",
                 "--timeout=120s",
             ],
@@ -121,6 +182,7 @@ impl TestEnv {
             operator_kubeconfig,
             operator: Mutex::new(None),
             metrics_port,
+            consul,
         };
         env.start_operator();
         env
@@ -155,6 +217,10 @@ impl TestEnv {
                     .expect("MAHLER_PROVIDER_MIRROR is not set: run `make test`"),
             )
             .env("MAHLER_TOFU_WORKDIR", self.dir.join("tofu"))
+            .env("MAHLER_CONSUL_ADDRESS", &self.consul.address)
+            .env("MAHLER_CONSUL_TOKEN_FILE", &self.consul.token_file)
+            .env("MAHLER_CONSUL_NODE", "mahler-e2e")
+            .env("MAHLER_CONSUL_RESYNC_SECONDS", "5")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

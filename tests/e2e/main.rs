@@ -5,6 +5,7 @@
 mod access;
 mod chart;
 mod cli;
+mod consul;
 mod gitops;
 mod harness;
 mod image;

@@ -107,6 +107,9 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
             chart.to_str().unwrap(),
             "--namespace",
             "mahler-system",
+            // As the suite installs it: Consul on (harness.rs).
+            "--set",
+            "consul.address=http://127.0.0.1:8500",
         ],
     );
     let docs = crate::harness::documents(&rendered);

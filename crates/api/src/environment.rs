@@ -54,6 +54,11 @@ pub struct EnvironmentSpec {
     /// resources and their state). A Service's own policy overrides this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Consul registration, intentions and gateway routes for this
+    /// environment's Services (docs/consul.md). Needs the operator's Consul
+    /// settings (`--consul-address`, chart `consul.address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consul: Option<EnvironmentConsul>,
     /// Where this environment's telemetry goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<TelemetrySpec>,
@@ -79,6 +84,38 @@ pub struct Owner {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub group: Option<String>,
+}
+
+/// An environment's Consul settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentConsul {
+    /// Register this environment's Services in Consul, write intentions from
+    /// its Connections and gateway routes from `expose`.
+    pub enabled: bool,
+    /// Prefix of the Consul service names, so that environments sharing a
+    /// Consul datacenter do not collide: `<prefix><service>`. Default: the
+    /// environment's name and `-` (`shop-staging-api`); `""` registers the
+    /// plain Service names. (Consul Enterprise namespaces are not supported.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40), regex(pattern = r"^([a-z0-9][-a-z0-9]*)?$"))]
+    pub prefix: Option<String>,
+}
+
+impl Environment {
+    /// Whether this environment's Services are registered in Consul.
+    pub fn consul_enabled(&self) -> bool {
+        self.spec.consul.as_ref().is_some_and(|c| c.enabled)
+    }
+
+    /// The prefix of this environment's Consul service names.
+    pub fn consul_prefix(&self) -> String {
+        self.spec
+            .consul
+            .as_ref()
+            .and_then(|c| c.prefix.clone())
+            .unwrap_or_else(|| format!("{}-", kube::ResourceExt::name_any(self)))
+    }
 }
 
 /// Telemetry export settings for the environment's collector.

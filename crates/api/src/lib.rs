@@ -18,7 +18,8 @@ pub mod terraform;
 pub use condition::{ConditionSet, Health, READY, RECONCILING, STALLED};
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
 pub use environment::{
-    DeletionPolicy, Environment, EnvironmentSpec, EnvironmentStatus, Owner, TelemetrySpec,
+    DeletionPolicy, Environment, EnvironmentConsul, EnvironmentSpec, EnvironmentStatus, Owner,
+    TelemetrySpec,
 };
 pub use project::{Member, Project, ProjectSpec, ProjectStatus, Role};
 pub use service::{

@@ -46,3 +46,14 @@ pub const DRIFTED: &str = "Drifted";
 /// Condition type naming fields the object uses that this version of
 /// Mahler accepts but does not implement yet (kstatus ignores it).
 pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+
+/// Condition of a Service in a Consul-enabled environment: its instances are
+/// in the Consul catalog (docs/consul.md).
+pub const CONSUL_REGISTERED: &str = "ConsulRegistered";
+/// Condition of a Connection in a Consul-enabled environment: its
+/// service-intentions allow is written.
+pub const INTENTIONS_SYNCED: &str = "IntentionsSynced";
+/// Condition of a Service with `spec.expose`: its gateway route is written.
+pub const EXPOSED: &str = "Exposed";
+/// Consul meta key marking what Mahler registered and writes.
+pub const CONSUL_MANAGED_META: &str = "mahler-managed";

@@ -236,11 +236,14 @@ pub struct HealthCheck {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExposeSpec {
+    /// The DNS name the Consul API gateway serves this Service under (a
+    /// name that is not a DNS name gets `Exposed=False`, `InvalidHost`).
     #[schemars(
         length(min = 1, max = 253),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub host: String,
+    /// The path prefix routed to this Service (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/"))]
     pub path: Option<String>,
@@ -256,6 +259,9 @@ pub struct ServiceStatus {
     /// In-cluster URL of the first port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The URL `spec.expose` is served at through the Consul API gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_url: Option<String>,
     /// The image the current rollout runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

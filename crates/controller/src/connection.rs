@@ -6,7 +6,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, apply, status};
+use super::{Context, Error, apply, consul, status};
 use mahler_api::{Connection, ConnectionStatus, Health};
 use mahler_core::workload::{self, EdgeOutcome};
 
@@ -73,7 +73,7 @@ pub(crate) async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Err
                 .filter(|c| c.spec.from == spec.from && c.spec.to != spec.to)
                 .filter_map(|c| ctx.caches.service(&ns, &c.spec.to))
                 .collect();
-            let edges = workload::resolve_edges(
+            let mut edges = workload::resolve_edges(
                 from,
                 &refs,
                 |n| {
@@ -84,6 +84,9 @@ pub(crate) async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Err
                 },
                 &ctx.settings.cluster_domain,
             );
+            if let (Some(mesh), Some(env)) = (&ctx.mesh, ctx.caches.environment(&ns)) {
+                workload::add_consul_hosts(&mut edges, from, &refs, |to| mesh.dns_host(&env, to));
+            }
             let outcome = edges
                 .outcomes
                 .get(&conn.name_any())
@@ -102,6 +105,7 @@ pub(crate) async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Err
     let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     status.conditions = status::conditions(ctx, conn, existing, &health).await;
+    consul::connection_conditions(ctx, conn, existing, &mut status.conditions).await;
     status::patch_status(ctx, conn, current, &status).await?;
     Ok(ctx.resync())
 }

@@ -19,6 +19,10 @@ use mahler_core::environment::{
 
 #[tracing::instrument(skip_all, fields(environment = %env.name_any()))]
 pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
+    // Consul follows the environment's settings (and its deletion).
+    if let Some(mesh) = &ctx.mesh {
+        mesh.poke();
+    }
     let ns_name = env.namespace_name();
     let namespace = ctx
         .caches

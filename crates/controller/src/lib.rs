@@ -20,6 +20,7 @@ pub mod apply;
 pub mod cache;
 mod child;
 mod connection;
+pub mod consul;
 mod environment;
 pub mod finalizer;
 pub mod kinds;
@@ -86,6 +87,8 @@ pub struct Context {
     reported_invalid: Mutex<HashSet<String>>,
     /// Status writes the cache does not show yet.
     pub written: status::Written,
+    /// Consul registration, intentions and routes (None: Consul is off).
+    pub mesh: Option<Arc<consul::Mesh>>,
 }
 
 /// Operator settings the reconcilers use.
@@ -102,6 +105,8 @@ pub struct Settings {
     /// The identity template Services' OpenTofu runs with (None: the
     /// operator's own).
     pub terraform_identity: Option<terraform_identity::TerraformIdentity>,
+    /// Where Consul is (None: nothing Consul-related runs).
+    pub consul: Option<consul::ConsulSettings>,
 }
 
 impl Default for Settings {
@@ -112,6 +117,7 @@ impl Default for Settings {
             concurrency: 16,
             drift_check_interval: None,
             terraform_identity: None,
+            consul: None,
         }
     }
 }
@@ -197,6 +203,7 @@ impl Context {
             failing: Mutex::default(),
             reported_invalid: Mutex::default(),
             written: status::Written::default(),
+            mesh: None,
         }
     }
 
@@ -405,15 +412,33 @@ pub async fn run(
 ) {
     let mut registry = kinds::Registry::new();
     let (caches, triggers, feeds) = registry.start(client.clone());
-    let ctx = Arc::new(Context::new(
-        client,
+    let mut ctx = Context::new(
+        client.clone(),
         metrics,
-        caches,
+        caches.clone(),
         settings.clone(),
         instance,
         engine,
         triggers.of::<Service>(),
-    ));
+    );
+    if let Some(consul) = settings.consul.clone() {
+        match consul::Mesh::new(consul) {
+            Ok(mesh) => {
+                let mesh = Arc::new(mesh);
+                tokio::spawn(consul::run(
+                    mesh.clone(),
+                    ctx.metrics.clone(),
+                    client,
+                    caches,
+                    triggers.of::<Service>(),
+                    triggers.of::<mahler_api::Connection>(),
+                ));
+                ctx.mesh = Some(mesh);
+            }
+            Err(error) => warn!(%error, "Consul is off: its client could not be built"),
+        }
+    }
+    let ctx = Arc::new(ctx);
 
     // Reconciling before every cache is filled would act on a partial view
     // (e.g. strip injected variables because Connections are not listed yet).

@@ -56,6 +56,18 @@ pub struct Metrics {
     durations: Family<KindLabels, Histogram>,
     writes: Family<WriteLabels, Counter>,
     pub leader: Gauge,
+    consul_syncs: Family<SyncLabels, Counter>,
+    consul_sync_seconds: Histogram,
+    /// HTTP calls to Consul that write (txn, config entries).
+    pub consul_writes: Counter,
+    /// Catalog instances Mahler keeps registered.
+    pub consul_instances: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// ok, or the failure's reason (ConsulUnavailable, ConsulTokenRejected...)
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -111,7 +123,35 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let consul_syncs = Family::<SyncLabels, Counter>::default();
+        let consul_sync_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let consul_writes = Counter::default();
+        let consul_instances = Gauge::default();
+        registry.register(
+            "consul_syncs",
+            "Consul syncs by result (ok or the failure's reason)",
+            consul_syncs.clone(),
+        );
+        registry.register(
+            "consul_sync_seconds",
+            "Time one Consul sync took (reads, diff, writes)",
+            consul_sync_seconds.clone(),
+        );
+        registry.register(
+            "consul_writes",
+            "HTTP calls to Consul that write (txn batches, config entries)",
+            consul_writes.clone(),
+        );
+        registry.register(
+            "consul_instances",
+            "Catalog instances Mahler keeps registered",
+            consul_instances.clone(),
+        );
         Metrics {
+            consul_syncs,
+            consul_sync_seconds,
+            consul_writes,
+            consul_instances,
             registry,
             tofu_runs,
             tofu_run_seconds,
@@ -155,6 +195,16 @@ impl Metrics {
                 verb: verb.into(),
             })
             .inc();
+    }
+
+    pub fn consul_synced(&self, result: &str, elapsed: Duration, writes: u64) {
+        self.consul_syncs
+            .get_or_create(&SyncLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.consul_sync_seconds.observe(elapsed.as_secs_f64());
+        self.consul_writes.inc_by(writes);
     }
 
     pub fn tofu_run(&self, operation: &str, result: &str, elapsed: Duration) {

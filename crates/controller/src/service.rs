@@ -12,7 +12,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    Child, ChildKind, ChildStore, Context, Error, ScopedApi, apply, status, template_service,
+    Child, ChildKind, ChildStore, Context, Error, ScopedApi, apply, consul, status,
+    template_service,
 };
 use mahler_api::{Connection, Health, Service, ServiceStatus};
 use mahler_core::workload::{self, Rollout};
@@ -50,6 +51,9 @@ pub(crate) async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> 
         |n| targets.iter().find(|t| t.name_any() == n),
         &ctx.settings.cluster_domain,
     );
+    if let (Some(mesh), Some(env)) = (&ctx.mesh, ctx.caches.environment(&ns)) {
+        workload::add_consul_hosts(&mut edges, svc, &conn_refs, |to| mesh.dns_host(&env, to));
+    }
     let connected_to = edges.connected_to(&conn_refs);
 
     let mut status = ServiceStatus {
@@ -257,6 +261,8 @@ async fn finish(
         status.available_replicas = current.and_then(|s| s.available_replicas);
     }
     status.conditions = status::conditions(ctx, svc, existing, &health).await;
+    status.external_url =
+        consul::service_conditions(ctx, svc, existing, &mut status.conditions).await;
     status::patch_status(ctx, svc, current, &status).await?;
     Ok(ctx.resync())
 }

@@ -13,6 +13,7 @@
 //!   Service state machine.
 
 pub mod access;
+pub mod consul;
 pub mod digest;
 pub mod environment;
 pub mod terraform;

@@ -36,12 +36,7 @@ impl NotImplemented for Environment {
 
 impl NotImplemented for Service {
     fn not_implemented(&self) -> Vec<&'static str> {
-        let mut fields = Vec::new();
-        if self.spec.expose.is_some() {
-            // Issue 13: gateway routes.
-            fields.push("spec.expose");
-        }
-        fields
+        Vec::new()
     }
 }
 
@@ -113,9 +108,11 @@ mod tests {
             host: "api.shop.example".into(),
             path: None,
         }));
+        // Gateway routes are implemented (issue 13).
+        assert!(svc.not_implemented().is_empty());
         assert_eq!(
-            message(&svc.not_implemented()),
-            "spec.expose is accepted but not implemented yet in this version of Mahler and has no effect; see docs/crds.md"
+            message(&["spec.telemetry"]),
+            "spec.telemetry is accepted but not implemented yet in this version of Mahler and has no effect; see docs/crds.md"
         );
     }
 }

@@ -226,6 +226,37 @@ pub fn resolve_edges<'a>(
     edges
 }
 
+/// Adds `<PREFIX>_CONSUL_HOST` (the target's Consul DNS name, from
+/// `consul_host`) to every injected edge, for environments registered in
+/// Consul (docs/consul.md). A name the Service's own `env` already sets is
+/// left to it.
+pub fn add_consul_hosts(
+    edges: &mut Edges,
+    from: &Service,
+    connections: &[&Connection],
+    consul_host: impl Fn(&str) -> Option<String>,
+) {
+    let own: BTreeSet<&str> = from.spec.env.iter().map(|e| e.name.as_str()).collect();
+    for conn in connections {
+        let Some(EdgeOutcome::Injected(vars)) = edges.outcomes.get_mut(&conn.name_any()) else {
+            continue;
+        };
+        let Some(host) = consul_host(&conn.spec.to) else {
+            continue;
+        };
+        let name = format!("{}_CONSUL_HOST", env_prefix(conn));
+        if own.contains(name.as_str()) || vars.contains(&name) {
+            continue;
+        }
+        vars.push(name.clone());
+        edges.env.push(KubeEnvVar {
+            name,
+            value: Some(host),
+            value_from: None,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +297,37 @@ mod tests {
         );
         c.metadata.namespace = Some("shop-staging".into());
         c
+    }
+
+    #[test]
+    fn consul_hosts_join_injected_edges_only() {
+        let api = svc("api", &[("http", 8080)]);
+        let db = svc("db", &[("postgres", 5432)]);
+        let conns = [
+            conn("api-db", "api", "db", 5432),
+            conn("api-ghost", "api", "ghost", 1),
+        ];
+        let mut edges = resolve(&api, &conns, &[db]);
+        let refs: Vec<&Connection> = conns.iter().collect();
+        add_consul_hosts(&mut edges, &api, &refs, |to| {
+            Some(format!("shop-staging-{to}.service.consul"))
+        });
+        let var = edges
+            .env
+            .iter()
+            .find(|e| e.name == "DB_CONSUL_HOST")
+            .unwrap();
+        assert_eq!(var.value.as_deref(), Some("shop-staging-db.service.consul"));
+        assert!(
+            matches!(&edges.outcomes["api-db"], EdgeOutcome::Injected(v) if v.contains(&"DB_CONSUL_HOST".to_string()))
+        );
+        assert!(!edges.env.iter().any(|e| e.name == "GHOST_CONSUL_HOST"));
+        // Idempotent.
+        let before = edges.clone();
+        add_consul_hosts(&mut edges, &api, &refs, |to| {
+            Some(format!("shop-staging-{to}.service.consul"))
+        });
+        assert_eq!(edges, before);
     }
 
     fn resolve(from: &Service, conns: &[Connection], services: &[Service]) -> Edges {

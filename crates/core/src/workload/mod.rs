@@ -24,7 +24,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-pub use edges::{EdgeOutcome, Edges, env_prefix, resolve_edges, service_host, url_scheme};
+pub use edges::{
+    EdgeOutcome, Edges, add_consul_hosts, env_prefix, resolve_edges, service_host, url_scheme,
+};
 
 use mahler_api::names::{CONNECTION_LABEL, MANAGED_BY, OUTPUTS_HASH_ANNOTATION, SERVICE_LABEL};
 use mahler_api::{Connection, Protocol, Service};
