@@ -480,7 +480,7 @@ async fn names_consul_rejects_and_expose_without_consul_get_a_condition_and_an_e
         "get",
         "events",
         "--field-selector",
-        &format!("regarding.name={long},reason=InvalidName"),
+        &format!("involvedObject.name={long},reason=InvalidName"),
         "-o",
         "name",
     ]);
@@ -696,6 +696,14 @@ async fn a_missing_or_rejected_acl_token_is_reported_and_recovered_from() {
     let token_file = &env.consul.token_file;
     let good = std::fs::read_to_string(token_file).unwrap();
     let restore = |_: ()| std::fs::write(token_file, &good).unwrap();
+    // The operator's token is put back even when an assertion fails.
+    struct PutBack<'a>(&'a std::path::Path, String);
+    impl Drop for PutBack<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, &self.1);
+        }
+    }
+    let _put_back = PutBack(token_file, good.clone());
 
     std::fs::write(token_file, "00000000-0000-0000-0000-000000000000").unwrap();
     let rejected = wait_for(
@@ -744,5 +752,58 @@ async fn a_missing_or_rejected_acl_token_is_reported_and_recovered_from() {
         consul_condition(CONSUL_REGISTERED, "True", "Registered"),
     )
     .await;
+
+    // The least-privilege policy docs/consul.md gives is enough for all of
+    // it: registration, intentions and a gateway route.
+    let rules = "node \"mahler-e2e\" { policy = \"write\" }\nservice_prefix \"\" { policy = \"write\" intentions = \"write\" }\nmesh = \"write\"\n";
+    let acl = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let out = std::process::Command::new("curl")
+            .args(["-fsS", "-X", "PUT", "-H"])
+            .arg(format!("X-Consul-Token: {}", env.consul.token))
+            .args(["--data-binary", &body.to_string()])
+            .arg(format!("{}{path}", env.consul.address))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    acl(
+        "/v1/acl/policy",
+        serde_json::json!({"Name": "mahler-operator", "Rules": rules}),
+    );
+    let limited = acl(
+        "/v1/acl/token",
+        serde_json::json!({"Description": "Mahler e2e", "Policies": [{"Name": "mahler-operator"}]}),
+    );
+    std::fs::write(token_file, limited["SecretID"].as_str().unwrap()).unwrap();
+    env.apply(&format!(
+        "{}  expose: {{host: tok.example}}\n",
+        service_yaml(&ns, "web", "web:1", "[{name: http, port: 8080}]")
+    ));
+    env.apply(&connection_yaml(&ns, "web-api", "web", "api", 8080));
+    let web = wait_for(
+        &services,
+        "web",
+        "Exposed",
+        consul_condition(EXPOSED, "True", "Exposed"),
+    )
+    .await;
+    wait_for(
+        &Api::<Connection>::namespaced(client.clone(), &ns),
+        "web-api",
+        "IntentionsSynced",
+        condition_is(INTENTIONS_SYNCED, "True", conn_conditions),
+    )
+    .await;
+    restore(());
+    assert!(
+        consul_condition(CONSUL_REGISTERED, "True", "Registered")(Some(&web)),
+        "{:?}",
+        web.status
+    );
     env.kubectl(&["delete", "project", "ctok", "--wait=false"]);
 }

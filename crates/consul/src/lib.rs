@@ -341,6 +341,13 @@ impl Client {
                             .join("; ")
                     })
                     .unwrap_or(message);
+                // ACL refusals inside a transaction come back as 409 too.
+                if errors.contains("Permission denied") {
+                    return Err(Error::Forbidden {
+                        status: 403,
+                        message: errors,
+                    });
+                }
                 Err(Error::Rejected {
                     status: 409,
                     message: errors,

@@ -298,7 +298,8 @@ async fn set_verdict<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Runs the sync until the operator stops: watches EndpointSlices of
+/// Runs the sync until the operator stops (start it once the shared caches
+/// are ready): watches EndpointSlices of
 /// Mahler's Services, follows the catalog node with a blocking query, and
 /// syncs on every poke, after failures with backoff (1 s to 30 s), and
 /// every `resync` anyway.
@@ -326,8 +327,9 @@ pub async fn run(
     };
     tokio::spawn(feed);
     tokio::spawn(follow_catalog(mesh.clone()));
+    // The only waiter on this store (see `crate::run` on why that matters);
+    // the caller starts this once the shared caches are ready.
     let _ = slices.wait_until_ready().await;
-    caches.wait_until_ready().await;
     info!(consul = %mesh.client.address(), node = %mesh.settings.node, "Consul sync started");
 
     let mut backoff = Duration::from_secs(1);

@@ -423,18 +423,7 @@ pub async fn run(
     );
     if let Some(consul) = settings.consul.clone() {
         match consul::Mesh::new(consul) {
-            Ok(mesh) => {
-                let mesh = Arc::new(mesh);
-                tokio::spawn(consul::run(
-                    mesh.clone(),
-                    ctx.metrics.clone(),
-                    client,
-                    caches,
-                    triggers.of::<Service>(),
-                    triggers.of::<mahler_api::Connection>(),
-                ));
-                ctx.mesh = Some(mesh);
-            }
+            Ok(mesh) => ctx.mesh = Some(Arc::new(mesh)),
             Err(error) => warn!(%error, "Consul is off: its client could not be built"),
         }
     }
@@ -445,6 +434,19 @@ pub async fn run(
     let feeds_task = tokio::spawn(feeds);
     ctx.caches.wait_until_ready().await;
     info!("caches ready; starting controllers");
+    // Started only now, not waiting on the caches itself: a kube Store's
+    // readiness wakes one waiter only (its oneshot keeps the last waker), so
+    // two tasks waiting at once can leave one waiting forever.
+    if let Some(mesh) = ctx.mesh.clone() {
+        tokio::spawn(consul::run(
+            mesh,
+            ctx.metrics.clone(),
+            client,
+            caches,
+            triggers.of::<Service>(),
+            triggers.of::<mahler_api::Connection>(),
+        ));
+    }
 
     let shutdown: futures::future::BoxFuture<'static, ()> = Box::pin(shutdown);
     let shutdown = futures::future::FutureExt::shared(shutdown);
