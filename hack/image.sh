@@ -77,8 +77,10 @@ echo "hosts: files dns" >"$rootfs/etc/nsswitch.conf"
 chmod 1777 "$rootfs/tmp"
 touch "$ctx/layers/work/.keep"
 
+# --force-rm: a failed build (a full disk) leaves no working container
+# behind to hold its base image.
 buildah --storage-driver vfs --isolation chroot bud --quiet \
-  --layers -f "$root/Containerfile" -t "$tag" "$ctx" >/dev/null
+  --layers --force-rm -f "$root/Containerfile" -t "$tag" "$ctx" >/dev/null
 buildah --storage-driver vfs rmi --prune >/dev/null 2>&1 || true
 buildah --storage-driver vfs images --noheading --format '{{.ID}}' "$tag"
 echo "built $tag" >&2

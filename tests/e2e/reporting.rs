@@ -70,7 +70,9 @@ async fn fields_not_implemented_yet_are_named_in_a_condition_and_a_warning_event
     let p = wait_for(&projects, "later", "Ready", is_ready(project_conditions)).await;
     assert!(not_implemented(project_conditions(&p)).is_none());
 
-    // A Service exposing itself: the workload still runs.
+    // A Service exposing itself in an environment without Consul: the
+    // workload still runs, and `expose` is not silently ignored (it is
+    // implemented now: docs/consul.md).
     let ns = "later-preview";
     env.apply(&format!(
         "{}  expose: {{host: api.later.example}}\n",
@@ -82,11 +84,20 @@ async fn fields_not_implemented_yet_are_named_in_a_condition_and_a_warning_event
         )
     ));
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let s = wait_for(&services, "api", "Ready", is_ready(svc_conditions)).await;
+    wait_for(&services, "api", "Ready", is_ready(svc_conditions)).await;
+    let s = wait_for(&services, "api", "Exposed", |s: Option<&Service>| {
+        s.and_then(svc_conditions).is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Exposed" && c.status == "False" && c.reason == "ConsulDisabled"
+            })
+        })
+    })
+    .await;
+    assert!(not_implemented(svc_conditions(&s)).is_none());
+    let events = events_of(ns, "api");
     assert!(
-        not_implemented(svc_conditions(&s))
-            .unwrap()
-            .starts_with("spec.expose is accepted")
+        events.contains("Warning/ConsulDisabled: spec.expose is served by the Consul API gateway"),
+        "events: {events}"
     );
 
     // Dropping the fields drops the condition.

@@ -636,12 +636,21 @@ async fn sync(
                     }
                     let n = instances.len();
                     desired.extend(instances);
-                    Verdict::ok(
-                        "Registered",
-                        format!(
-                            "registered in Consul as {name}: {n} instance(s), {passing} passing"
-                        ),
-                    )
+                    if svc.spec.ports.is_empty() {
+                        Verdict::ok(
+                            "NoPorts",
+                            format!(
+                                "{name} has no ports, so no instance is registered in Consul (its Connections still get intentions)"
+                            ),
+                        )
+                    } else {
+                        Verdict::ok(
+                            "Registered",
+                            format!(
+                                "registered in Consul as {name}: {n} instance(s), {passing} passing"
+                            ),
+                        )
+                    }
                 }
                 Err(problem) => Verdict::failed("InvalidName", problem.to_string()),
             };
