@@ -87,23 +87,24 @@ async fn services_are_registered_with_the_pods_readiness_and_deregistered() {
     ));
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     wait_for(&services, "api", "Ready", is_ready(svc_conditions)).await;
-    let svc = wait_for(
+    // Both pods' endpoints, as the condition reports them (the EndpointSlice
+    // may trail the Deployment's status by a moment).
+    wait_for(
         &services,
         "api",
-        "ConsulRegistered",
-        consul_condition(CONSUL_REGISTERED, "True", "Registered"),
+        "ConsulRegistered with 2 passing instances",
+        |s: Option<&Service>| {
+            s.and_then(svc_conditions).is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.type_ == CONSUL_REGISTERED
+                        && c.status == "True"
+                        && c.message
+                            == "registered in Consul as creg-test-api: 2 instance(s), 2 passing"
+                })
+            })
+        },
     )
     .await;
-    let message = &svc_conditions(&svc)
-        .unwrap()
-        .iter()
-        .find(|c| c.type_ == CONSUL_REGISTERED)
-        .unwrap()
-        .message;
-    assert!(
-        message.contains("creg-test-api: 2 instance(s), 2 passing"),
-        "{message}"
-    );
 
     // Each pod is one instance at its own address, passing, with Mahler's meta.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns)
@@ -463,10 +464,7 @@ async fn names_consul_rejects_and_expose_without_consul_get_a_condition_and_an_e
     )
     .await;
     // The workload itself is fine; the Consul condition says what to change.
-    assert!(kube::runtime::wait::Condition::matches_object(
-        &is_ready(svc_conditions),
-        Some(&svc)
-    ));
+    wait_for(&services, &long, "Ready", is_ready(svc_conditions)).await;
     let message = &svc_conditions(&svc)
         .unwrap()
         .iter()
