@@ -547,7 +547,10 @@ async fn consul_down_restarted_empty_and_operator_killed_converge_without_duplic
         )
         .await;
     }
-    assert_eq!(instance_ids(&consul, "crec-test-api").await.len(), 2);
+    until_consul("api's two instances", async || {
+        (instance_ids(&consul, "crec-test-api").await.len() == 2).then_some(())
+    })
+    .await;
 
     // Consul down: the conditions say so.
     let stop =

@@ -408,7 +408,16 @@ pub fn kubectl_output(
 }
 
 fn kubectl_at(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl_output(kubectl, kubeconfig, args, stdin);
+    let mut out = kubectl_output(kubectl, kubeconfig, args, stdin);
+    // Two tests applying the same shared object (the example Project) at
+    // once: client-side apply GETs, finds nothing, and one of the two
+    // creates loses with AlreadyExists. Applying again then patches it.
+    if args.first() == Some(&"apply")
+        && !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("(AlreadyExists)")
+    {
+        out = kubectl_output(kubectl, kubeconfig, args, stdin);
+    }
     assert!(
         out.status.success(),
         "kubectl {args:?} failed: {}",
