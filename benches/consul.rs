@@ -15,13 +15,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use mahler_api::{EnvironmentConsul, EnvironmentSpec, Service, ServiceSpec, Source};
-use mahler_controller::consul::{ServiceReport, Verdict, wire};
-use mahler_core::consul::{self as plan, ObservedCatalog, ObservedCheck, ObservedService};
+use mahler_controller::consul::{ServiceReport, Verdict, observe, wire};
+use mahler_core::consul as plan;
 use serde_json::json;
 
 #[global_allocator]
@@ -115,53 +115,27 @@ fn slice(i: usize) -> EndpointSlice {
     }
 }
 
+/// The instances of the Services, one endpoint each: the operator's decision.
+fn instances_of(env: &mahler_api::Environment, services: &[Service]) -> Vec<plan::Instance> {
+    services
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            plan::instances(&plan::ServiceInput {
+                service: s,
+                environment: env,
+                endpoints: vec![endpoint(i)],
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
 fn node() -> plan::Node {
     plan::Node {
         name: "mahler-bench".into(),
         address: "127.0.0.1".into(),
         meta: BTreeMap::from([("external-source".into(), "mahler".into())]),
-    }
-}
-
-async fn observed(consul: &mahler_consul::Client, node: &str) -> ObservedCatalog {
-    let (held, _) = consul.node_services(node, None).await.unwrap();
-    let checks = if held.node.is_some() {
-        consul.node_checks(node).await.unwrap()
-    } else {
-        Vec::new()
-    };
-    ObservedCatalog {
-        node: held.node.map(|n| (n.address, n.meta)),
-        services: held
-            .services
-            .into_iter()
-            .map(|s| {
-                (
-                    s.id,
-                    ObservedService {
-                        service: s.service,
-                        address: s.address,
-                        port: s.port,
-                        tags: s.tags,
-                        meta: s.meta,
-                    },
-                )
-            })
-            .collect(),
-        checks: checks
-            .into_iter()
-            .map(|c| {
-                (
-                    c.check_id,
-                    ObservedCheck {
-                        name: c.name,
-                        status: c.status,
-                        output: c.output,
-                        service_id: c.service_id,
-                    },
-                )
-            })
-            .collect(),
     }
 }
 
@@ -211,19 +185,8 @@ async fn run(consul: &mahler_consul::Client) {
     // 1. Mahler: one read of the node, the plan, then txn batches.
     let calls = consul.calls();
     let started = Instant::now();
-    let held = observed(consul, &node.name).await;
-    let desired: Vec<plan::Instance> = services
-        .iter()
-        .enumerate()
-        .flat_map(|(i, s)| {
-            plan::instances(&plan::ServiceInput {
-                service: s,
-                environment: &env,
-                endpoints: vec![endpoint(i)],
-            })
-            .unwrap()
-        })
-        .collect();
+    let held = observe(consul, &node.name).await.unwrap();
+    let desired = instances_of(&env, &services);
     let batches = plan::plan_catalog(&node, &desired, &held);
     let decided = Instant::now();
     let ops: usize = batches.iter().map(Vec::len).sum();
@@ -244,7 +207,7 @@ async fn run(consul: &mahler_consul::Client) {
     let index = consul.raft_last_index().await.unwrap();
     let (calls, writes) = (consul.calls(), consul.writes());
     let noop_started = Instant::now();
-    let held = observed(consul, &node.name).await;
+    let held = observe(consul, &node.name).await.unwrap();
     let again = plan::plan_catalog(&node, &desired, &held);
     let noop_time = noop_started.elapsed();
     assert!(
@@ -312,19 +275,8 @@ async fn run(consul: &mahler_consul::Client) {
     let base = ALLOC.current_usage();
     ALLOC.reset_peak_usage();
     {
-        let held = observed(consul, &node.name).await;
-        let desired: Vec<plan::Instance> = services
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| {
-                plan::instances(&plan::ServiceInput {
-                    service: s,
-                    environment: &env,
-                    endpoints: vec![endpoint(i)],
-                })
-                .unwrap()
-            })
-            .collect();
+        let held = observe(consul, &node.name).await.unwrap();
+        let desired = instances_of(&env, &services);
         let _ = plan::plan_catalog(&node, &desired, &held);
     }
     let sync_peak = (ALLOC.peak_usage() - base) as f64 / N as f64;
@@ -350,5 +302,4 @@ async fn run(consul: &mahler_consul::Client) {
     println!(
         "  memory: {kept_bytes:.0} bytes kept per registered Service (cached EndpointSlice + report); one sync of {N} peaks at {sync_peak:.0} bytes per Service"
     );
-    let _ = Duration::ZERO;
 }

@@ -54,6 +54,14 @@ async fn until_consul<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) 
     }
 }
 
+/// The message of a Service's condition `type_`.
+fn message_of(s: &Service, type_: &str) -> String {
+    svc_conditions(s)
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_else(|| panic!("{} has no {type_} condition: {:?}", s.name_any(), s.status))
+}
+
 /// The condition `type_` of a Service is `status` with `reason`.
 fn consul_condition(
     type_: &'static str,
@@ -363,12 +371,7 @@ async fn expose_becomes_a_gateway_route_and_a_second_claim_is_a_conflict() {
         consul_condition(EXPOSED, "False", "HostConflict"),
     )
     .await;
-    let message = &svc_conditions(&web2)
-        .unwrap()
-        .iter()
-        .find(|c| c.type_ == EXPOSED)
-        .unwrap()
-        .message;
+    let message = &message_of(&web2, EXPOSED);
     assert!(message.contains(&format!("{ns}/web")), "{message}");
     assert!(
         consul
@@ -465,12 +468,7 @@ async fn names_consul_rejects_and_expose_without_consul_get_a_condition_and_an_e
     .await;
     // The workload itself is fine; the Consul condition says what to change.
     wait_for(&services, &long, "Ready", is_ready(svc_conditions)).await;
-    let message = &svc_conditions(&svc)
-        .unwrap()
-        .iter()
-        .find(|c| c.type_ == CONSUL_REGISTERED)
-        .unwrap()
-        .message;
+    let message = &message_of(&svc, CONSUL_REGISTERED);
     assert!(message.contains("spec.consul.prefix"), "{message}");
     let events = env.kubectl(&[
         "-n",
@@ -715,12 +713,7 @@ async fn a_missing_or_rejected_acl_token_is_reported_and_recovered_from() {
     )
     .await;
     restore(());
-    let message = &svc_conditions(&rejected)
-        .unwrap()
-        .iter()
-        .find(|c| c.type_ == CONSUL_REGISTERED)
-        .unwrap()
-        .message;
+    let message = &message_of(&rejected, CONSUL_REGISTERED);
     assert!(message.contains("ACL"), "{message}");
     wait_for(
         &services,
@@ -739,12 +732,7 @@ async fn a_missing_or_rejected_acl_token_is_reported_and_recovered_from() {
     )
     .await;
     restore(());
-    let message = &svc_conditions(&missing)
-        .unwrap()
-        .iter()
-        .find(|c| c.type_ == CONSUL_REGISTERED)
-        .unwrap()
-        .message;
+    let message = &message_of(&missing, CONSUL_REGISTERED);
     assert!(message.contains("consul.aclToken.secretName"), "{message}");
     wait_for(
         &services,

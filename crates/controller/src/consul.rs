@@ -697,45 +697,7 @@ async fn sync(
     }
 
     // The catalog.
-    let (held, _) = mesh.client.node_services(&node.name, None).await?;
-    let checks = if held.node.is_some() {
-        mesh.client.node_checks(&node.name).await?
-    } else {
-        Vec::new()
-    };
-    let observed = ObservedCatalog {
-        node: held.node.map(|n| (n.address, n.meta)),
-        services: held
-            .services
-            .into_iter()
-            .map(|s| {
-                (
-                    s.id,
-                    ObservedService {
-                        service: s.service,
-                        address: s.address,
-                        port: s.port,
-                        tags: s.tags,
-                        meta: s.meta,
-                    },
-                )
-            })
-            .collect(),
-        checks: checks
-            .into_iter()
-            .map(|c| {
-                (
-                    c.check_id,
-                    ObservedCheck {
-                        name: c.name,
-                        status: c.status,
-                        output: c.output,
-                        service_id: c.service_id,
-                    },
-                )
-            })
-            .collect(),
-    };
+    let observed = observe(&mesh.client, &node.name).await?;
     for batch in plan::plan_catalog(&node, &desired, &observed) {
         let wire: Vec<TxnOp> = batch.iter().map(|op| wire(&node, op)).collect();
         match mesh.client.txn(&wire).await {
@@ -780,6 +742,53 @@ async fn sync(
         connections: connection_reports,
         pending,
         instances: desired.len(),
+    })
+}
+
+/// What Consul holds on the catalog node `node` (two reads: its services,
+/// then its checks when it exists). Also used by the Consul benchmark.
+pub async fn observe(
+    client: &ConsulClient,
+    node: &str,
+) -> Result<ObservedCatalog, mahler_consul::Error> {
+    let (held, _) = client.node_services(node, None).await?;
+    let checks = if held.node.is_some() {
+        client.node_checks(node).await?
+    } else {
+        Vec::new()
+    };
+    Ok(ObservedCatalog {
+        node: held.node.map(|n| (n.address, n.meta)),
+        services: held
+            .services
+            .into_iter()
+            .map(|s| {
+                (
+                    s.id,
+                    ObservedService {
+                        service: s.service,
+                        address: s.address,
+                        port: s.port,
+                        tags: s.tags,
+                        meta: s.meta,
+                    },
+                )
+            })
+            .collect(),
+        checks: checks
+            .into_iter()
+            .map(|c| {
+                (
+                    c.check_id,
+                    ObservedCheck {
+                        name: c.name,
+                        status: c.status,
+                        output: c.output,
+                        service_id: c.service_id,
+                    },
+                )
+            })
+            .collect(),
     })
 }
 
@@ -914,14 +923,13 @@ fn comparable(entry: &Value) -> Value {
     }
 }
 
-/// Writes `desired` entries of `kind` that differ from Consul's, deletes
-/// this operator's entries of that kind that are not desired. Returns the
-/// entries Consul refused (name → message) and Consul's current entries.
+/// Writes `desired` entries of `kind` that differ from Consul's (one list
+/// read). Returns the entries Consul refused (name → message) and the
+/// entries Consul held before, for [`delete_stale`].
 async fn sync_entries(
     mesh: &Mesh,
     kind: &str,
     desired: &[Value],
-    delete_stale: bool,
 ) -> Result<(BTreeMap<String, String>, BTreeMap<String, Value>), Failure> {
     let held: BTreeMap<String, Value> = mesh
         .client
@@ -954,18 +962,26 @@ async fn sync_entries(
             Err(e) => return Err(e.into()),
         }
     }
-    if delete_stale {
-        for (name, entry) in &held {
-            let wanted = desired.iter().any(|d| d["Name"] == name.as_str());
-            if !wanted && is_ours(mesh, entry) {
-                match mesh.client.delete_config_entry(kind, name).await {
-                    Ok(()) | Err(mahler_consul::Error::Rejected { status: 404, .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+    Ok((refused, held))
+}
+
+/// Deletes this operator's entries of `kind` in `held` that are not desired.
+async fn delete_stale(
+    mesh: &Mesh,
+    kind: &str,
+    desired: &[Value],
+    held: &BTreeMap<String, Value>,
+) -> Result<(), Failure> {
+    for (name, entry) in held {
+        let wanted = desired.iter().any(|d| d["Name"] == name.as_str());
+        if !wanted && is_ours(mesh, entry) {
+            match mesh.client.delete_config_entry(kind, name).await {
+                Ok(()) | Err(mahler_consul::Error::Rejected { status: 404, .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
-    Ok((refused, held))
+    Ok(())
 }
 
 async fn sync_intentions(
@@ -986,9 +1002,9 @@ async fn sync_intentions(
             })
         })
         .collect();
-    Ok(sync_entries(mesh, "service-intentions", &desired, true)
-        .await?
-        .0)
+    let (refused, held) = sync_entries(mesh, "service-intentions", &desired).await?;
+    delete_stale(mesh, "service-intentions", &desired, &held).await?;
+    Ok(refused)
 }
 
 /// The gateway, the exposed Services' protocol and their routes. Returns
@@ -1057,12 +1073,14 @@ async fn sync_routes(
         })
         .collect();
     // Creation order: gateway, protocol, route; deletion the other way.
-    let (gw_refused, _) = sync_entries(mesh, "api-gateway", &gateways, false).await?;
-    let (defaults_refused, _) = sync_entries(mesh, "service-defaults", &defaults, false).await?;
-    let (route_refused, _) = sync_entries(mesh, "http-route", &http_routes, true).await?;
-    sync_entries(mesh, "service-defaults", &defaults, true).await?;
+    let (gw_refused, gw_held) = sync_entries(mesh, "api-gateway", &gateways).await?;
+    let (defaults_refused, defaults_held) =
+        sync_entries(mesh, "service-defaults", &defaults).await?;
+    let (route_refused, routes_held) = sync_entries(mesh, "http-route", &http_routes).await?;
+    delete_stale(mesh, "http-route", &http_routes, &routes_held).await?;
+    delete_stale(mesh, "service-defaults", &defaults, &defaults_held).await?;
     if !any_enabled {
-        sync_entries(mesh, "api-gateway", &gateways, true).await?;
+        delete_stale(mesh, "api-gateway", &gateways, &gw_held).await?;
     }
     // Consul binds routes to the gateway itself; read what it says.
     let bound: BTreeMap<String, Value> = if routes.is_empty() {
