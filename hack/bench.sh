@@ -24,7 +24,7 @@ tools=$(hack/tools.sh dir)
 "$tools/kubectl" wait --for=condition=Established crd --all --timeout=60s >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export MAHLER_RESYNC_SECONDS=${MAHLER_RESYNC_SECONDS:-10}
-export MAHLER_TOFU=$tools/tofu MAHLER_TOFU_WORKDIR=$dir/tofu
+export MAHLER_TOFU=$tools/tofu MAHLER_OTELCOL=$tools/otelcol MAHLER_TOFU_WORKDIR=$dir/tofu
 export MAHLER_PROVIDER_MIRROR
 MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
 # The operator's defaults (concurrency 16 per kind), unless MAHLER_* is set.

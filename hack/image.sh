@@ -16,7 +16,7 @@ ctx=${MAHLER_IMAGE_CONTEXT:-$root/target/image/context}
 command -v buildah >/dev/null || { echo "buildah is not installed: apt-get install buildah" >&2; exit 1; }
 [[ -x $bin ]] || { echo "no operator binary at $bin: run \`make build\`" >&2; exit 1; }
 
-tools=$("$root/hack/tools.sh" dir tofu)
+tools=$("$root/hack/tools.sh" dir tofu otelcol)
 mirror=$("$root/hack/tools.sh" mirror)
 rm -rf "$ctx"
 # Three trees, one image layer each (see Containerfile): base, tofu, operator;
@@ -41,6 +41,8 @@ else
   echo "warning: no mahler-server binary at $server (\`make build\`): the image has no REST API" >&2
 fi
 cp -L "$tools/tofu" "$tofufs/usr/local/bin/tofu"
+# The collector that validates environments' telemetry configs (static).
+cp -L "$tools/otelcol" "$tofufs/usr/local/bin/otelcol"
 cp /usr/bin/git "$rootfs/usr/bin/git"
 for helper in git-remote-http git-remote-https; do
   cp /usr/lib/git-core/$helper "$rootfs/usr/lib/git-core/$helper"

@@ -9,7 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=v0.165.0
 cache=${MAHLER_TOOLS_CACHE:-$HOME/.cache/mahler/tools}
-bin=$cache/otelcol-builder-$version
+bin=$cache/builders/otelcol-$version
 if [[ ! -x $bin/builder ]]; then
   mkdir -p "$bin"
   GOTOOLCHAIN=local GOBIN=$bin go install "go.opentelemetry.io/collector/cmd/builder@$version"

@@ -46,7 +46,7 @@ fi
 # bound to the chart's Terraform role.
 KUBECONFIG=$(sa_kubeconfig mahler-operator) MAHLER_LEADER_ELECT=false \
   MAHLER_TERRAFORM_ROLE=mahler-terraform POD_NAMESPACE=mahler-system MAHLER_METRICS_ADDR=127.0.0.1:${MAHLER_METRICS_PORT:-8080} \
-  MAHLER_TOFU=$tools/tofu MAHLER_PROVIDER_MIRROR=$mirror MAHLER_TOFU_WORKDIR=$dir/tofu \
+  MAHLER_TOFU=$tools/tofu MAHLER_OTELCOL=$tools/otelcol MAHLER_PROVIDER_MIRROR=$mirror MAHLER_TOFU_WORKDIR=$dir/tofu \
   MAHLER_CONSUL_ADDRESS=$CONSUL_HTTP_ADDR MAHLER_CONSUL_TOKEN_FILE=$dir/consul/consul-token \
   nohup target/release/mahler-operator >"$dir/operator.log" 2>&1 &
 echo $! >"$dir/operator.pid"

@@ -141,6 +141,27 @@ pub struct Args {
     /// Seconds between full Consul syncs when nothing pokes one.
     #[arg(long, env = "MAHLER_CONSUL_RESYNC_SECONDS", default_value_t = 60)]
     pub consul_resync_seconds: u64,
+    /// The image of environments' OpenTelemetry collectors
+    /// (docs/telemetry.md).
+    #[arg(
+        long,
+        env = "MAHLER_COLLECTOR_IMAGE",
+        default_value = "otel/opentelemetry-collector-contrib:0.165.0"
+    )]
+    pub collector_image: String,
+    /// The ClusterRole bound to each collector's ServiceAccount in its
+    /// namespace (the chart's `<release>-collector`: read pods and
+    /// ReplicaSets for k8s_attributes).
+    #[arg(
+        long,
+        env = "MAHLER_COLLECTOR_ROLE",
+        default_value = "mahler-collector"
+    )]
+    pub collector_role: String,
+    /// The collector binary that validates rendered configs
+    /// (`otelcol validate`) before they are rolled out.
+    #[arg(long, env = "MAHLER_OTELCOL", default_value = "otelcol")]
+    pub otelcol: std::path::PathBuf,
     /// Log format.
     #[arg(long, env = "MAHLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -255,6 +276,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
         drift_check_interval: Some(drift_check_interval),
         terraform_identity,
         consul: consul_settings(&args),
+        telemetry: mahler_controller::telemetry::TelemetrySettings {
+            collector_image: args.collector_image.clone(),
+            collector_cluster_role: args.collector_role.clone(),
+            otelcol: args.otelcol.clone(),
+            workdir: args.tofu_workdir.join("otelcol"),
+        },
     };
     let engine = start_engine(&args, &client, &metrics).await;
 

@@ -211,6 +211,8 @@ impl TestEnv {
             .env("POD_NAMESPACE", "mahler-system")
             .env("RUST_LOG", "info,mahler=debug,kube=warn")
             .env("MAHLER_TOFU", self.tools.join("tofu"))
+            .env("MAHLER_OTELCOL", self.tools.join("otelcol"))
+            .env("MAHLER_COLLECTOR_ROLE", "mahler-collector")
             .env(
                 "MAHLER_PROVIDER_MIRROR",
                 std::env::var("MAHLER_PROVIDER_MIRROR")

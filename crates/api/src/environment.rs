@@ -118,27 +118,165 @@ impl Environment {
     }
 }
 
-/// Telemetry export settings for the environment's collector.
+/// The environment's OpenTelemetry collector (docs/telemetry.md): a
+/// Deployment `mahler-collector` in its namespace, its config rendered from
+/// these settings and checked by `otelcol validate` before it replaces the
+/// running one. Every Service's pods get `OTEL_*` variables pointing at it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetrySpec {
+    /// Where the collector sends traces, metrics and logs: at least one of
+    /// `otlp`, `prometheus`, `debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exporter: Option<TelemetryExporter>,
+    /// Head sampling of traces (default: keep every trace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<TelemetrySampling>,
+    /// Extra resource attributes set on every span, metric and log the
+    /// collector forwards (besides `mahler.project` and `mahler.environment`,
+    /// which cannot be overridden).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// The collector's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorSpec>,
 }
 
+/// The exporters of an environment's collector.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetryExporter {
+    /// An OTLP endpoint (traces, metrics, logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpExporter>,
+    /// A Prometheus scrape endpoint on the collector's Service (metrics,
+    /// including the span metrics of every traced Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusExporter>,
+    /// The collector's own log (for trying things out; not for production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<DebugExporter>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OtlpExporter {
-    /// `host:port` of an OTLP/gRPC endpoint.
+    /// For `grpc`: `host:port` (e.g. `otel.example:4317`). For `http`: the
+    /// base URL (e.g. `https://otel.example:4318`); `/v1/traces` etc. are
+    /// appended.
     #[schemars(length(min = 1, max = 512))]
     pub endpoint: String,
+    /// `grpc` (default) or `http` (OTLP/HTTP, protobuf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// Headers sent with every export (API keys), each read from a Secret
+    /// in the environment's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<OtlpHeader>,
+    /// TLS to the endpoint (default: TLS with the system CAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<OtlpTls>,
+}
+
+/// The OTLP transport.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
+}
+
+/// A header whose value is a Secret key.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpHeader {
+    /// The header name, e.g. `x-api-key` or `authorization`.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$")
+    )]
+    pub name: String,
+    /// The Secret (in the environment's namespace) and key holding the value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the environment's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// TLS settings of the OTLP exporter.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpTls {
+    /// Plaintext, no TLS (an in-cluster collector or a sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// TLS without verifying the server's certificate (not for production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    /// A PEM CA bundle to verify the server with, from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKeyRef>,
+}
+
+/// A Prometheus scrape endpoint on the collector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusExporter {
+    /// The port of `/metrics` on the collector's Service (default 8889).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// The debug exporter.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugExporter {
+    /// `basic` (default: one line per batch), `normal` or `detailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verbosity: Option<DebugVerbosity>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DebugVerbosity {
+    Basic,
+    Normal,
+    Detailed,
+}
+
+/// Trace sampling.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySampling {
+    /// The share of traces kept, in percent (0 to 100; default 100),
+    /// decided per trace ID so a trace is kept or dropped whole.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percentage: f64,
+}
+
+/// The collector's pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Pod count (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub replicas: Option<i32>,
+    /// CPU and memory (default: requests 100m CPU and 128Mi, limit 512Mi).
+    /// The memory limiter is set from the memory limit: the collector
+    /// refuses data at 80% of it instead of being OOM-killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<k8s_openapi::api::core::v1::ResourceRequirements>>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -18,8 +18,9 @@ pub mod terraform;
 pub use condition::{ConditionSet, Health, READY, RECONCILING, STALLED};
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
 pub use environment::{
-    DeletionPolicy, Environment, EnvironmentConsul, EnvironmentSpec, EnvironmentStatus, Owner,
-    TelemetrySpec,
+    CollectorSpec, DebugExporter, DebugVerbosity, DeletionPolicy, Environment, EnvironmentConsul,
+    EnvironmentSpec, EnvironmentStatus, OtlpExporter, OtlpHeader, OtlpProtocol, OtlpTls, Owner,
+    PrometheusExporter, SecretKeyRef, TelemetryExporter, TelemetrySampling, TelemetrySpec,
 };
 pub use project::{Member, Project, ProjectSpec, ProjectStatus, Role};
 pub use service::{
@@ -27,7 +28,7 @@ pub use service::{
 };
 pub use service::{
     EnvVar, EnvVarSource, ExposeSpec, GitSource, HealthCheck, Protocol, Service, ServiceOutputRef,
-    ServicePort, ServiceSpec, ServiceStatus, Source, TemplateSource,
+    ServicePort, ServiceSpec, ServiceStatus, ServiceTelemetry, Source, TemplateSource,
 };
 pub use template::{
     GitModule, ModuleSource, ResourceTemplate, ResourceTemplateSpec, ResourceTemplateStatus,

@@ -57,3 +57,13 @@ pub const INTENTIONS_SYNCED: &str = "IntentionsSynced";
 pub const EXPOSED: &str = "Exposed";
 /// Consul meta key marking what Mahler registered and writes.
 pub const CONSUL_MANAGED_META: &str = "mahler-managed";
+
+/// Condition of an Environment with `spec.telemetry`: its collector runs the
+/// rendered, validated config (docs/telemetry.md).
+pub const TELEMETRY_READY: &str = "TelemetryReady";
+/// Name of an environment's collector Deployment, Service, ConfigMap and
+/// ServiceAccount (a Service of that name gets NameConflict).
+pub const COLLECTOR_NAME: &str = "mahler-collector";
+/// Pod-template annotation of the collector: the digest of its config, so a
+/// real change rolls it, and nothing else does.
+pub const CONFIG_HASH_ANNOTATION: &str = "mahler.dev/config-hash";

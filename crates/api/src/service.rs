@@ -68,6 +68,19 @@ pub struct ServiceSpec {
     /// External access through the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expose: Option<Box<ExposeSpec>>,
+    /// Telemetry wiring of this Service in an environment with telemetry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<ServiceTelemetry>,
+}
+
+/// A Service's telemetry wiring.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceTelemetry {
+    /// `false`: do not inject the `OTEL_*` variables into this Service's
+    /// pods (default true when the environment has telemetry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<bool>,
 }
 
 /// Exactly one of `image`, `git` or `template`.

@@ -68,6 +68,19 @@ where
     Ok(true)
 }
 
+/// Whether [`apply`] of `desired` would send a write (`observed` differs).
+pub fn would_write<K>(desired: &K, observed: &Observed) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + Clone,
+{
+    let mut desired = desired.clone();
+    let hash = hash_of(&desired)?;
+    desired
+        .annotations_mut()
+        .insert(APPLIED_HASH.to_string(), hash);
+    Ok(!up_to_date(&desired, observed)?)
+}
+
 /// Deletes the child `name` in `namespace` unless it is already going.
 /// 404 counts as done.
 pub async fn delete_child<K, S>(

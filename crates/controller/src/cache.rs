@@ -21,7 +21,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::{Future, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service as KubeService};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service as KubeService, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
@@ -54,6 +54,10 @@ pub struct Caches {
     pub role_bindings: ChildStore<RoleBinding>,
     pub cluster_roles: ChildStore<ClusterRole>,
     pub cluster_role_bindings: ChildStore<ClusterRoleBinding>,
+    /// Environments' collectors (`mahler_core::telemetry`): their config
+    /// and ServiceAccount.
+    pub config_maps: ChildStore<ConfigMap>,
+    pub service_accounts: ChildStore<ServiceAccount>,
 }
 
 /// The writers of [`Caches`], consumed by [`Caches::feed_children`].
@@ -65,6 +69,8 @@ pub struct ChildWriters {
     role_bindings: ChildStoreWriter<RoleBinding>,
     cluster_roles: ChildStoreWriter<ClusterRole>,
     cluster_role_bindings: ChildStoreWriter<ClusterRoleBinding>,
+    config_maps: ChildStoreWriter<ConfigMap>,
+    service_accounts: ChildStoreWriter<ServiceAccount>,
 }
 
 /// Builds [`Caches`]: one store per registered kind, plus the children's.
@@ -100,6 +106,8 @@ impl CachesBuilder {
         let (cluster_roles, cluster_roles_w) = ChildStore::<ClusterRole>::new();
         let (cluster_role_bindings, cluster_role_bindings_w) =
             ChildStore::<ClusterRoleBinding>::new();
+        let (config_maps, config_maps_w) = ChildStore::<ConfigMap>::new();
+        let (service_accounts, service_accounts_w) = ChildStore::<ServiceAccount>::new();
         let caches = Caches {
             kinds: Arc::new(self.kinds),
             waits: Arc::new(self.waits),
@@ -110,6 +118,8 @@ impl CachesBuilder {
             role_bindings,
             cluster_roles,
             cluster_role_bindings,
+            config_maps,
+            service_accounts,
         };
         let writers = ChildWriters {
             namespaces: namespaces_w,
@@ -119,6 +129,8 @@ impl CachesBuilder {
             role_bindings: role_bindings_w,
             cluster_roles: cluster_roles_w,
             cluster_role_bindings: cluster_role_bindings_w,
+            config_maps: config_maps_w,
+            service_accounts: service_accounts_w,
         };
         (caches, writers)
     }
@@ -145,6 +157,8 @@ impl Caches {
             self.role_bindings.wait_until_ready(),
             self.cluster_roles.wait_until_ready(),
             self.cluster_role_bindings.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
         );
     }
 
@@ -232,6 +246,9 @@ impl Caches {
             writers.cluster_role_bindings,
             &wake,
         );
+        let config_maps = child_feed::<ConfigMap, _>(&client, &managed, writers.config_maps, &wake);
+        let service_accounts =
+            child_feed::<ServiceAccount, _>(&client, &managed, writers.service_accounts, &wake);
         async move {
             futures::join!(
                 namespaces,
@@ -240,7 +257,9 @@ impl Caches {
                 network_policies,
                 role_bindings,
                 cluster_roles,
-                cluster_role_bindings
+                cluster_role_bindings,
+                config_maps,
+                service_accounts
             );
         }
     }

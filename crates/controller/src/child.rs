@@ -80,6 +80,16 @@ impl ChildKind for ClusterRole {
     fn status(_: Option<Value>) {}
 }
 
+impl ChildKind for k8s_openapi::api::core::v1::ConfigMap {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
+impl ChildKind for k8s_openapi::api::core::v1::ServiceAccount {
+    type Status = ();
+    fn status(_: Option<Value>) {}
+}
+
 impl ChildKind for ClusterRoleBinding {
     type Status = ();
     fn status(_: Option<Value>) {}

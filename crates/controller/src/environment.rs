@@ -11,7 +11,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::routes::View;
-use super::{Context, Error, access, apply, finalizer, status, valid_ref};
+use super::{Context, Error, access, apply, finalizer, status, telemetry, valid_ref};
 use mahler_api::{Environment, EnvironmentStatus, Health, Service};
 use mahler_core::environment::{
     DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace,
@@ -72,6 +72,7 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
     }
 
     finalizer::ensure(ctx, env).await?;
+    let mut telemetry_verdict = None;
     let project = &env.spec.project;
     let health = match ctx.caches.project(project) {
         None => Health::stalled(
@@ -109,6 +110,8 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
                     .and_then(|s| s.phase.as_deref())
                     == Some("Active");
                 if active && !wrote {
+                    // The collector, once its namespace can hold it.
+                    telemetry_verdict = telemetry::apply(ctx, env).await?;
                     Health::ready(format!("namespace {ns_name} is active"))
                 } else {
                     Health::progressing(
@@ -120,7 +123,7 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
         },
     };
     let namespace = health.is_ready().then_some(ns_name);
-    write_status(ctx, env, &health, namespace).await?;
+    write_status_with(ctx, env, &health, namespace, telemetry_verdict.as_ref()).await?;
     Ok(ctx.resync())
 }
 
@@ -144,12 +147,24 @@ async fn write_status(
     health: &Health,
     namespace: Option<String>,
 ) -> Result<(), Error> {
+    write_status_with(ctx, env, health, namespace, None).await
+}
+
+async fn write_status_with(
+    ctx: &Context,
+    env: &Environment,
+    health: &Health,
+    namespace: Option<String>,
+    telemetry_verdict: Option<&telemetry::Verdict>,
+) -> Result<(), Error> {
     let current = ctx.written.current(env, env.status.as_ref());
     let current = current.as_deref();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut conditions = status::conditions(ctx, env, existing, health).await;
+    telemetry::condition(ctx, env, telemetry_verdict, &mut conditions).await;
     let status = EnvironmentStatus {
         observed_generation: env.meta().generation,
-        conditions: status::conditions(ctx, env, existing, health).await,
+        conditions,
         namespace,
     };
     status::patch_status(ctx, env, current, &status).await

@@ -29,6 +29,7 @@ mod project;
 pub mod routes;
 mod service;
 pub mod status;
+pub mod telemetry;
 mod template;
 pub mod template_service;
 pub mod terraform_identity;
@@ -89,6 +90,8 @@ pub struct Context {
     pub written: status::Written,
     /// Consul registration, intentions and routes (None: Consul is off).
     pub mesh: Option<Arc<consul::Mesh>>,
+    /// Environments' collectors: validation and its last refusals.
+    pub telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// Operator settings the reconcilers use.
@@ -107,6 +110,8 @@ pub struct Settings {
     pub terraform_identity: Option<terraform_identity::TerraformIdentity>,
     /// Where Consul is (None: nothing Consul-related runs).
     pub consul: Option<consul::ConsulSettings>,
+    /// Environments' collectors (docs/telemetry.md).
+    pub telemetry: telemetry::TelemetrySettings,
 }
 
 impl Default for Settings {
@@ -118,6 +123,7 @@ impl Default for Settings {
             drift_check_interval: None,
             terraform_identity: None,
             consul: None,
+            telemetry: Default::default(),
         }
     }
 }
@@ -194,6 +200,7 @@ impl Context {
         Context {
             reporter,
             state: StateAccess::new(client.clone()),
+            telemetry: telemetry::Telemetry::new(settings.telemetry.clone()),
             client,
             metrics,
             caches,

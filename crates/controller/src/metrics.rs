@@ -62,6 +62,9 @@ pub struct Metrics {
     pub consul_writes: Counter,
     /// Catalog instances Mahler keeps registered.
     pub consul_instances: Gauge,
+    /// `otelcol validate` runs by result (accepted, rejected, unavailable).
+    telemetry_validations: Family<SyncLabels, Counter>,
+    telemetry_validate_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,7 +150,21 @@ impl Default for Metrics {
             "Catalog instances Mahler keeps registered",
             consul_instances.clone(),
         );
+        let telemetry_validations = Family::<SyncLabels, Counter>::default();
+        let telemetry_validate_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "telemetry_validations",
+            "otelcol validate runs on rendered collector configs, by result (accepted, rejected, unavailable)",
+            telemetry_validations.clone(),
+        );
+        registry.register(
+            "telemetry_validate_seconds",
+            "Time one accepted otelcol validate took",
+            telemetry_validate_seconds.clone(),
+        );
         Metrics {
+            telemetry_validations,
+            telemetry_validate_seconds,
             consul_syncs,
             consul_sync_seconds,
             consul_writes,
@@ -195,6 +212,18 @@ impl Metrics {
                 verb: verb.into(),
             })
             .inc();
+    }
+
+    pub fn telemetry_validated(&self, result: &str, elapsed: Duration) {
+        self.telemetry_validations
+            .get_or_create(&SyncLabels {
+                result: result.into(),
+            })
+            .inc();
+        if result == "accepted" {
+            self.telemetry_validate_seconds
+                .observe(elapsed.as_secs_f64());
+        }
     }
 
     pub fn consul_synced(&self, result: &str, elapsed: Duration, writes: u64) {

@@ -2,7 +2,8 @@
 //! the changed object and a [`View`] of the caches, unit-tested below with
 //! a plain in-memory view; the watches call them after each cache update.
 //!
-//! - a Project wakes its Environments; an Environment its Project;
+//! - a Project wakes its Environments; an Environment its Project and its
+//!   Services (telemetry variables);
 //! - a Service wakes the Connections that name it, the Services connected
 //!   to it, and the Services that read its outputs;
 //! - a Connection wakes its `from` Service and its sibling Connections
@@ -61,9 +62,14 @@ pub fn project_changed(p: &Guarded<Project>, view: &dyn View, wake: &mut dyn FnM
     });
 }
 
-pub fn environment_changed(e: &Guarded<Environment>, _: &dyn View, wake: &mut dyn FnMut(Wake)) {
+pub fn environment_changed(e: &Guarded<Environment>, view: &dyn View, wake: &mut dyn FnMut(Wake)) {
     if let Some(env) = valid_ref(e) {
         wake(Wake::of::<Project>(None, &env.spec.project));
+        // Its Services: their pods carry the telemetry settings' variables.
+        let ns = env.namespace_name();
+        view.services_in(Some(&ns), &mut |svc| {
+            wake(Wake::of::<Service>(Some(&ns), &svc.name_any()))
+        });
     }
 }
 

@@ -51,8 +51,19 @@ pub(crate) async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> 
         |n| targets.iter().find(|t| t.name_any() == n),
         &ctx.settings.cluster_domain,
     );
-    if let (Some(mesh), Some(env)) = (&ctx.mesh, ctx.caches.environment(&ns)) {
-        workload::add_consul_hosts(&mut edges, svc, &conn_refs, |to| mesh.dns_host(&env, to));
+    let env = ctx.caches.environment(&ns);
+    if let (Some(mesh), Some(env)) = (&ctx.mesh, &env) {
+        workload::add_consul_hosts(&mut edges, svc, &conn_refs, |to| mesh.dns_host(env, to));
+    }
+    if let Some(env) = &env {
+        // OTEL_* of an environment with telemetry; a variable the Service
+        // sets itself wins.
+        let own = |n: &str| svc.spec.env.iter().any(|v| v.name == n);
+        edges.env.extend(
+            mahler_core::telemetry::service_env(env, svc, &ctx.settings.cluster_domain)
+                .into_iter()
+                .filter(|v| !own(&v.name)),
+        );
     }
     let connected_to = edges.connected_to(&conn_refs);
 

@@ -11,11 +11,14 @@
 //!   OpenTofu `-json` stream, state-lock verdicts, plans and outputs, the job
 //!   vocabulary the engine runs, and [`terraform::decide`], the template
 //!   Service state machine.
+//! - [`telemetry`]: an Environment's OpenTelemetry collector (config,
+//!   objects) and the `OTEL_*` variables of its Services.
 
 pub mod access;
 pub mod consul;
 pub mod digest;
 pub mod environment;
+pub mod telemetry;
 pub mod terraform;
 pub mod unsupported;
 pub mod workload;

@@ -26,10 +26,6 @@ impl NotImplemented for Environment {
             // Preview environments.
             fields.push("spec.cloneFrom");
         }
-        if spec.telemetry.is_some() {
-            // Issue 14: a collector per environment.
-            fields.push("spec.telemetry");
-        }
         fields
     }
 }
@@ -83,15 +79,14 @@ mod tests {
         // Protected environments and members are implemented (issue 12).
         env.spec.protected = Some(true);
         assert!(env.not_implemented().is_empty());
-        env.spec.clone_from = Some("shop-production".into());
+        // Telemetry is implemented (issue 14).
         env.spec.telemetry = Some(Default::default());
+        assert!(env.not_implemented().is_empty());
+        env.spec.clone_from = Some("shop-production".into());
+        assert_eq!(env.not_implemented(), vec!["spec.cloneFrom"]);
         assert_eq!(
-            env.not_implemented(),
-            vec!["spec.cloneFrom", "spec.telemetry"]
-        );
-        assert_eq!(
-            message(&env.not_implemented()),
-            "spec.cloneFrom, spec.telemetry are accepted but not implemented yet in this version of Mahler and have no effect; see docs/crds.md"
+            message(&["spec.cloneFrom", "spec.protected"]),
+            "spec.cloneFrom, spec.protected are accepted but not implemented yet in this version of Mahler and have no effect; see docs/crds.md"
         );
 
         let mut project = Project::new("shop", ProjectSpec::default());
@@ -111,8 +106,8 @@ mod tests {
         // Gateway routes are implemented (issue 13).
         assert!(svc.not_implemented().is_empty());
         assert_eq!(
-            message(&["spec.telemetry"]),
-            "spec.telemetry is accepted but not implemented yet in this version of Mahler and has no effect; see docs/crds.md"
+            message(&["spec.cloneFrom"]),
+            "spec.cloneFrom is accepted but not implemented yet in this version of Mahler and has no effect; see docs/crds.md"
         );
     }
 }

@@ -8,6 +8,7 @@
 //! Service at a time; the state lock (a Lease) guards against anyone else.
 
 pub mod git;
+pub mod otelcol;
 mod process;
 
 use std::collections::{BTreeMap, HashMap};
