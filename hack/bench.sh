@@ -33,12 +33,13 @@ MAHLER_LEADER_ELECT=false MAHLER_METRICS_ADDR=127.0.0.1:$port \
 echo $! >"$dir/operator.pid"
 export MAHLER_BENCH_OPERATOR_PID=$(cat "$dir/operator.pid") MAHLER_BENCH_METRICS=http://127.0.0.1:$port/metrics
 export MAHLER_BENCH_AUDIT_LOG=$dir/clusters/$name/logs/audit.log
-# BENCH=converge, terraform, consul, cli or api runs one part only.
+# BENCH=converge, terraform, consul, telemetry, cli or api runs one part only.
 bench=${BENCH:-all}
 if [[ $bench == all || $bench == converge ]]; then cargo bench --bench converge; fi
 if [[ $bench == all || $bench == terraform ]]; then cargo bench --bench terraform; fi
 if [[ $bench == all || $bench == cli ]]; then MAHLER_KUBECTL=$tools/kubectl cargo bench -p mahler-cli --bench status; fi
 if [[ $bench == all || $bench == consul ]]; then cargo bench --bench consul; fi
+if [[ $bench == all || $bench == telemetry ]]; then cargo bench --bench telemetry; fi
 if [[ $bench == all || $bench == api ]]; then MAHLER_KUBECTL=$tools/kubectl cargo bench -p mahler-server --bench api; fi
 # Who wrote what during the 1,000-Service stages (the API server's audit
 # log): how many writes, when (seconds from the stage's first write: first,

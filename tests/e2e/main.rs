@@ -13,6 +13,7 @@ mod rbac;
 mod reporting;
 mod rest;
 mod startup;
+mod telemetry;
 mod terraform;
 
 use std::collections::BTreeMap;

@@ -218,6 +218,12 @@ fn check_endpoint(o: &OtlpExporter) -> Result<(), Problem> {
     }
 }
 
+/// A user's string as a literal in the collector's config (no `${...}`
+/// expansion).
+fn literal(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
 /// The environment variable carrying OTLP header `i` into the collector.
 fn header_var(i: usize) -> String {
     format!("MAHLER_OTLP_HEADER_{i}")
@@ -297,7 +303,9 @@ pub fn render_config(env: &Environment, t: &TelemetrySpec) -> Value {
         json!({"key": ENVIRONMENT_ATTRIBUTE, "value": env.name_any(), "action": "upsert"}),
     ];
     for (k, v) in &t.resource_attributes {
-        attributes.push(json!({"key": k, "value": v, "action": "upsert"}));
+        // `$$` is a literal `$` to the collector: a value is never expanded
+        // (`${env:MAHLER_OTLP_HEADER_0}` would leak a header's Secret).
+        attributes.push(json!({"key": literal(k), "value": literal(v), "action": "upsert"}));
     }
     let mut processors = Map::new();
     processors.insert(
@@ -376,6 +384,7 @@ pub fn render_config(env: &Environment, t: &TelemetrySpec) -> Value {
         }}},
         "processors": processors,
         "connectors": {"span_metrics": {
+            "metrics_flush_interval": "15s",
             "histogram": {"explicit": {"buckets": ["5ms", "10ms", "25ms", "50ms", "100ms", "250ms", "500ms", "1s", "2.5s", "5s", "10s"]}},
             "dimensions": [{"name": "http.response.status_code"}, {"name": "http.request.method"}],
         }},
@@ -939,6 +948,14 @@ mod tests {
         );
         // Same settings, same hash; another setting, another.
         assert_eq!(yaml, config_yaml(&render_config(&e, &t)));
+        let mut t3 = t.clone();
+        t3.resource_attributes
+            .insert("leak".into(), "${env:MAHLER_OTLP_HEADER_0}".into());
+        let c3 = render_config(&e, &t3);
+        assert_eq!(
+            c3["processors"]["resource"]["attributes"][2]["value"],
+            "$${env:MAHLER_OTLP_HEADER_0}"
+        );
         let mut t2 = t.clone();
         t2.resource_attributes.insert("team".into(), "a".into());
         assert_ne!(
