@@ -135,7 +135,16 @@ pub fn cases() -> Vec<Case> {
 
 /// The objects the matrix acts on: in each environment a Service
 /// `matrix-web` and `matrix-db` and a Connection `matrix-web-db`.
+///
+/// Several tests share them, and they run at once: the first caller creates
+/// them and the others wait for it (two concurrent `kubectl apply` calls of
+/// the same new object race to create it, and one gets AlreadyExists).
 pub async fn fixtures(env: &TestEnv) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| create_fixtures(env)).await;
+}
+
+async fn create_fixtures(env: &TestEnv) {
     let client = env.client().await;
     let root = env!("CARGO_MANIFEST_DIR");
     env.kubectl(&[
