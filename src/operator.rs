@@ -162,6 +162,12 @@ pub struct Args {
     /// (`otelcol validate`) before they are rolled out.
     #[arg(long, env = "MAHLER_OTELCOL", default_value = "otelcol")]
     pub otelcol: std::path::PathBuf,
+    /// Collect environments' pod logs with a node agent (a DaemonSet of the
+    /// collector image) in this namespace; unset, pod logs are not
+    /// collected. The namespace must admit hostPath pods (docs/telemetry.md,
+    /// "Logs").
+    #[arg(long, env = "MAHLER_LOG_AGENT_NAMESPACE")]
+    pub log_agent_namespace: Option<String>,
     /// Log format.
     #[arg(long, env = "MAHLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -281,6 +287,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             collector_cluster_role: args.collector_role.clone(),
             otelcol: args.otelcol.clone(),
             workdir: args.tofu_workdir.join("otelcol"),
+            log_agent_namespace: args.log_agent_namespace.clone().filter(|n| !n.is_empty()),
         },
     };
     let engine = start_engine(&args, &client, &metrics).await;

@@ -100,6 +100,13 @@ async fn helm_lint_passes_with_default_and_every_optional_part() {
         "--set",
         "replicas=1,leaderElection.enabled=false,metrics.serviceMonitor.enabled=true,terraform.enabled=false,admissionPolicies.enabled=false",
     ]);
+    run_helm(&[
+        "lint",
+        "--strict",
+        &chart,
+        "--set",
+        "telemetry.logs.enabled=true,telemetry.logs.namespace=mahler-logs",
+    ]);
     // helm was built with its version and the cluster's Kubernetes version:
     // it renders for that cluster, not for Kubernetes 1.20 (which the
     // chart's kubeVersion would refuse, as it refuses 1.29 here).
@@ -138,6 +145,10 @@ async fn invalid_values_are_refused_naming_the_field() {
             "/rbac/extraRules/0/verbs/0",
         ),
         ("podLabels.app\\.kubernetes\\.io/name=x", "/podLabels"),
+        (
+            "telemetry.logs.namespace=Logs_NS",
+            "/telemetry/logs/namespace",
+        ),
         ("replicass=2", "replicass"),
     ] {
         let flag = if set.starts_with("rbac") {
@@ -409,11 +420,12 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
     };
     mark("start");
     release(fixture.to_str().unwrap(), "replicas=2");
-    // Consul stays on, as the suite's release has it (harness.rs).
+    // Consul and the log agent stay on, as the suite's release has them
+    // (harness.rs).
     release(
         &chart(),
         &format!(
-            "replicas=3,operator.concurrency=8,operator.logLevel=debug,podDisruptionBudget.maxUnavailable=2,consul.address={}",
+            "replicas=3,operator.concurrency=8,operator.logLevel=debug,podDisruptionBudget.maxUnavailable=2,telemetry.logs.enabled=true,consul.address={}",
             e.consul.address
         ),
     );
@@ -469,7 +481,8 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
     )
     .await;
 
-    // Back to the values the rest of the suite expects (defaults, Consul on).
+    // Back to the values the rest of the suite expects (defaults, Consul
+    // and the log agent on).
     run_helm(&[
         "upgrade",
         "mahler",
@@ -479,6 +492,8 @@ async fn helm_upgrade_from_the_previous_chart_keeps_objects_ready() {
         "--reset-values",
         "--set",
         &format!("consul.address={}", e.consul.address),
+        "--set",
+        "telemetry.logs.enabled=true",
         "--wait",
         "--timeout=120s",
     ]);

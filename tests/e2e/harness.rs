@@ -146,6 +146,9 @@ impl TestEnv {
                 // runs beside the cluster and reaches the test's agent).
                 "--set",
                 &consul_address,
+                // The pod-log agent on, in the release's namespace.
+                "--set",
+                "telemetry.logs.enabled=true",
                 "--wait",
                 "--timeout=120s",
             ],
@@ -213,6 +216,7 @@ impl TestEnv {
             .env("MAHLER_TOFU", self.tools.join("tofu"))
             .env("MAHLER_OTELCOL", self.tools.join("otelcol"))
             .env("MAHLER_COLLECTOR_ROLE", "mahler-collector")
+            .env("MAHLER_LOG_AGENT_NAMESPACE", "mahler-system")
             .env(
                 "MAHLER_PROVIDER_MIRROR",
                 std::env::var("MAHLER_PROVIDER_MIRROR")

@@ -107,9 +107,11 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
             chart.to_str().unwrap(),
             "--namespace",
             "mahler-system",
-            // As the suite installs it: Consul on (harness.rs).
+            // As the suite installs it: Consul and the log agent on (harness.rs).
             "--set",
             "consul.address=http://127.0.0.1:8500",
+            "--set",
+            "telemetry.logs.enabled=true",
         ],
     );
     let docs = crate::harness::documents(&rendered);
@@ -120,6 +122,7 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
     };
     let cluster = grants(role_of("ClusterRole", "mahler-operator"));
     let leader = grants(role_of("Role", "mahler-operator-leader-election"));
+    let log_agent = grants(role_of("Role", "mahler-operator-log-agent"));
     let terraform = grants(role_of("ClusterRole", "mahler-terraform"));
 
     let audit_log = std::fs::read_dir(dir.join("clusters"))
@@ -148,6 +151,7 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
     // (grant, namespace) → how often, and every denied request.
     let mut seen_cluster: BTreeMap<Grant, usize> = BTreeMap::new();
     let mut seen_leader: BTreeMap<Grant, usize> = BTreeMap::new();
+    let mut seen_log_agent: BTreeMap<Grant, usize> = BTreeMap::new();
     let mut seen_terraform: BTreeMap<Grant, usize> = BTreeMap::new();
     let mut denied = BTreeSet::new();
     let mut calls = 0;
@@ -214,10 +218,14 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
         }
         let in_lease_namespace =
             obj["namespace"] == "mahler-system" && grant.1 == "leases" && leader.contains(&grant);
+        // The pod-log agent's Role, in its namespace (the release's here).
+        let in_agent_namespace = obj["namespace"] == "mahler-system" && log_agent.contains(&grant);
         let seen = if is_tofu {
             &mut seen_terraform
         } else if in_lease_namespace {
             &mut seen_leader
+        } else if in_agent_namespace {
+            &mut seen_log_agent
         } else {
             &mut seen_cluster
         };
@@ -289,6 +297,10 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
         .iter()
         .filter(|g| !seen_leader.contains_key(*g))
         .collect();
+    let unused_log_agent: Vec<_> = log_agent
+        .iter()
+        .filter(|g| !seen_log_agent.contains_key(*g))
+        .collect();
     let unused_terraform: Vec<_> = terraform
         .iter()
         .filter(|g| !seen_terraform.contains_key(*g))
@@ -299,6 +311,7 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
         .collect();
     eprintln!("operator calls by grant (ClusterRole): {seen_cluster:#?}");
     eprintln!("operator calls by grant (leader-election Role): {seen_leader:#?}");
+    eprintln!("operator calls by grant (log-agent Role): {seen_log_agent:#?}");
     eprintln!("OpenTofu calls by grant (Terraform role): {seen_terraform:#?}");
     assert!(
         denied.is_empty(),
@@ -314,8 +327,11 @@ fn cluster_role_matches_the_api_calls_of_a_whole_run() {
         "no request by an environment's OpenTofu identity: does OpenTofu still run as the operator?"
     );
     assert!(
-        unused.is_empty() && unused_leader.is_empty() && unused_terraform.is_empty(),
-        "the chart grants verbs nobody used in a whole run; remove them, or exercise them in a test:\nClusterRole: {unused:#?}\nRole: {unused_leader:#?}\nTerraform role: {unused_terraform:#?}"
+        unused.is_empty()
+            && unused_leader.is_empty()
+            && unused_log_agent.is_empty()
+            && unused_terraform.is_empty(),
+        "the chart grants verbs nobody used in a whole run; remove them, or exercise them in a test:\nClusterRole: {unused:#?}\nRole: {unused_leader:#?}\nlog-agent Role: {unused_log_agent:#?}\nTerraform role: {unused_terraform:#?}"
     );
     let beyond_terraform: Vec<_> = seen_terraform
         .keys()

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, ServiceAccount};
 use kube::api::ListParams;
 use kube::runtime::wait::Condition as _;
 use kube::{Api, ResourceExt};
 use mahler_api::names::{COLLECTOR_NAME, CONFIG_HASH_ANNOTATION, TELEMETRY_READY};
 use mahler_api::{Environment, EnvironmentSpec, TelemetrySpec};
+use mahler_core::log_agent::{self, AGENT_NAME};
 use mahler_core::telemetry;
 use mahler_engine::otelcol::{ValidateError, Validator};
 
@@ -111,6 +112,53 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
         .await
         .unwrap();
 
+    // Its pod logs: the node agent (a DaemonSet in the agent's namespace,
+    // mahler-system here) reads this namespace's log files and sends them to
+    // this collector. This test's environment is the suite's only one with
+    // telemetry in the cluster, so its removal below removes the agent.
+    assert!(
+        env_conditions(&e)
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == TELEMETRY_READY
+                && c.message.contains(
+                    "pod logs are read by the node agent mahler-system/mahler-log-agent"
+                )),
+        "{:?}",
+        env_conditions(&e)
+    );
+    let agents = Api::<DaemonSet>::namespaced(client.clone(), "mahler-system");
+    let agent_configs = Api::<ConfigMap>::namespaced(client.clone(), "mahler-system");
+    let agent = wait_for(
+        &agents,
+        AGENT_NAME,
+        "the log agent",
+        |d: Option<&DaemonSet>| d.is_some(),
+    )
+    .await;
+    let agent_yaml =
+        agent_configs.get(AGENT_NAME).await.unwrap().data.unwrap()["config.yaml"].clone();
+    assert!(
+        agent_yaml.contains(&format!("file_log/{ns}"))
+            && agent_yaml.contains(&format!("/var/log/pods/{ns}_*/*/*.log"))
+            && agent_yaml.contains(&format!("{COLLECTOR_NAME}.{ns}.svc.cluster.local:4317")),
+        "{agent_yaml}"
+    );
+    let template = agent
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        template.annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION],
+        telemetry::config_hash(&agent_yaml),
+        "the agent's pods carry the digest of its config"
+    );
+    let agent_gen = agent.metadata.generation;
+
     // Services get OTEL_*; one opting out does not.
     env.apply(&service_yaml(
         ns,
@@ -172,6 +220,11 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
     .await;
     let d = deployments.get(COLLECTOR_NAME).await.unwrap();
     assert_eq!(generation(&d), gen1, "no change, no rollout");
+    assert_eq!(
+        agents.get(AGENT_NAME).await.unwrap().metadata.generation,
+        agent_gen,
+        "no change, no log agent rollout"
+    );
     assert_eq!(
         config_maps
             .get(COLLECTOR_NAME)
@@ -336,6 +389,9 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
     env.apply(&environment_yaml(ns, p, "  deletionPolicy: Retain\n"));
     wait_deleted(&deployments, COLLECTOR_NAME).await;
     wait_deleted(&config_maps, COLLECTOR_NAME).await;
+    // No environment left whose logs are collected: the agent goes.
+    wait_deleted(&agents, AGENT_NAME).await;
+    wait_deleted(&agent_configs, AGENT_NAME).await;
     wait_deleted(
         &Api::<ServiceAccount>::namespaced(client.clone(), ns),
         COLLECTOR_NAME,
@@ -461,6 +517,20 @@ fn start_collector(tools: &Path, config: &Path, log: &Path, kubeconfig: &Path) -
     )
 }
 
+/// Writes `yaml` to `<dir>/<name>.yaml`, starts a collector on it (logging
+/// to `<dir>/<name>.log`) and waits for its health_check on `health`.
+async fn run_collector(dir: &Path, name: &str, yaml: &str, health: u16) -> Collector {
+    let (config, log) = (
+        dir.join(format!("{name}.yaml")),
+        dir.join(format!("{name}.log")),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let test_env = env();
+    let c = start_collector(&test_env.tools, &config, &log, &test_env.kubeconfig);
+    until_healthy(&format!("http://127.0.0.1:{health}/"), &log).await;
+    c
+}
+
 /// Waits until `url` answers 200 (the health_check extension).
 async fn until_healthy(url: &str, log: &Path) {
     for _ in 0..300 {
@@ -506,6 +576,141 @@ fn post(url: &str, body: &serde_json::Value) {
     assert!(out.status.success(), "POST {url} failed");
 }
 
+/// The sink: a plain collector writing what it receives over OTLP/gRPC on
+/// `port` to the file `out`, one JSON line per batch.
+fn sink_config(port: u16, health: u16, out: &Path) -> String {
+    format!(
+        "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: \"127.0.0.1:{port}\"}}}}}}}}\n\
+         exporters: {{file: {{path: \"{}\", flush_interval: 100ms}}}}\n\
+         extensions: {{health_check: {{endpoint: \"127.0.0.1:{health}\"}}}}\n\
+         service:\n  extensions: [health_check]\n  telemetry: {{metrics: {{level: none}}}}\n  pipelines:\n\
+         \x20   traces: {{receivers: [otlp], exporters: [file]}}\n    metrics: {{receivers: [otlp], exporters: [file]}}\n    logs: {{receivers: [otlp], exporters: [file]}}\n",
+        out.display()
+    )
+}
+
+/// The string value of resource attribute `key` in an OTLP/JSON resource.
+fn attribute<'a>(resource: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    resource["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .and_then(|a| a["value"]["stringValue"].as_str())
+}
+
+#[tokio::test]
+async fn the_log_agent_reads_its_environments_pod_log_files_and_forwards_them_tagged() {
+    let test_env = env();
+    let tools = test_env.tools.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink_port, sink_health, health) = (free_port(), free_port(), free_port());
+    let out = dir.path().join("received.jsonl");
+    let _sink = run_collector(
+        dir.path(),
+        "sink",
+        &sink_config(sink_port, sink_health, &out),
+        sink_health,
+    )
+    .await;
+
+    // The kubelet's layout, <ns>_<pod>_<uid>/<container>/<restart>.log, in
+    // CRI format: this environment's app, another namespace's app, and the
+    // environment's own collector (never read: its logs would loop).
+    let root = dir.path().join("pods");
+    let files = [
+        ("shop-staging_api-7d9f8_0b6e6f3a-1", "api"),
+        ("other_web-5c4d2_9f1e2d3c-2", "web"),
+        (
+            &*format!("shop-staging_{COLLECTOR_NAME}-6b7c9_4a5b6c7d-3"),
+            "otelcol",
+        ),
+    ]
+    .map(|(pod, container)| {
+        let d = root.join(pod).join(container);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("0.log");
+        std::fs::write(&f, "").unwrap();
+        f
+    });
+    let source = log_agent::LogSource {
+        namespace: "shop-staging".into(),
+        project: "shop".into(),
+        environment: "shop-staging".into(),
+        endpoint: format!("127.0.0.1:{sink_port}"),
+    };
+    let mut config = log_agent::render_config(&[source], root.to_str().unwrap());
+    config["extensions"]["health_check"]["endpoint"] = format!("127.0.0.1:{health}").into();
+    config["service"]["telemetry"] = serde_json::json!({"metrics": {"level": "none"}});
+    // The config as the operator renders it passes validate.
+    Validator::new(tools.join("otelcol"), dir.path().join("validate"))
+        .validate(&telemetry::config_yaml(&config))
+        .await
+        .expect("the agent config validates");
+    let _agent = run_collector(
+        dir.path(),
+        "agent",
+        &telemetry::config_yaml(&config),
+        health,
+    )
+    .await;
+
+    // The agent reads from the end of files it finds at start (as on a
+    // node): append lines until the app's line arrives.
+    let mut received = Vec::new();
+    for i in 0..150 {
+        for f in &files {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).open(f).unwrap();
+            writeln!(
+                file,
+                "2026-12-02T02:00:00.{i:09}Z stdout F order placed {i}"
+            )
+            .unwrap();
+        }
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        received = text
+            .lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["resourceLogs"].as_array().cloned().unwrap_or_default()
+            })
+            .collect();
+        if !received.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !received.is_empty(),
+        "no logs reached the sink: {}",
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    for r in &received {
+        let res = &r["resource"];
+        assert_eq!(
+            attribute(res, "k8s.namespace.name"),
+            Some("shop-staging"),
+            "{r}"
+        );
+        assert_eq!(attribute(res, "k8s.pod.name"), Some("api-7d9f8"), "{r}");
+        assert_eq!(attribute(res, "k8s.pod.uid"), Some("0b6e6f3a-1"), "{r}");
+        assert_eq!(attribute(res, "k8s.container.name"), Some("api"), "{r}");
+        assert_eq!(attribute(res, "mahler.project"), Some("shop"), "{r}");
+        assert_eq!(
+            attribute(res, "mahler.environment"),
+            Some("shop-staging"),
+            "{r}"
+        );
+        let record = &r["scopeLogs"][0]["logRecords"][0];
+        assert!(
+            record["body"]["stringValue"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("order placed")),
+            "the CRI prefix is parsed off: {record}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attributes() {
     let test_env = env();
@@ -520,22 +725,13 @@ async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attri
     );
     let out: PathBuf = dir.path().join("received.jsonl");
 
-    // The sink: a plain collector writing what it receives to a file.
-    let sink = format!(
-        "receivers: {{otlp: {{protocols: {{grpc: {{endpoint: \"127.0.0.1:{sink_port}\"}}}}}}}}\n\
-         exporters: {{file: {{path: \"{}\", flush_interval: 100ms}}}}\n\
-         extensions: {{health_check: {{endpoint: \"127.0.0.1:{sink_health}\"}}}}\n\
-         service:\n  extensions: [health_check]\n  telemetry: {{metrics: {{level: none}}}}\n  pipelines:\n\
-         \x20   traces: {{receivers: [otlp], exporters: [file]}}\n    metrics: {{receivers: [otlp], exporters: [file]}}\n    logs: {{receivers: [otlp], exporters: [file]}}\n",
-        out.display()
-    );
-    std::fs::write(dir.path().join("sink.yaml"), sink).unwrap();
-    let _sink = start_collector(
-        &tools,
-        &dir.path().join("sink.yaml"),
-        &dir.path().join("sink.log"),
-        &test_env.kubeconfig,
-    );
+    let _sink = run_collector(
+        dir.path(),
+        "sink",
+        &sink_config(sink_port, sink_health, &out),
+        sink_health,
+    )
+    .await;
 
     // The environment's collector, as Mahler renders it, exporting to the
     // sink. Only what binds differs: free local ports, and the kubeconfig
@@ -555,23 +751,8 @@ async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attri
     config["service"]["telemetry"] = serde_json::json!({"metrics": {"level": "none"}});
     // Span metrics are flushed every 15 s; the test need not wait that long.
     config["connectors"]["span_metrics"]["metrics_flush_interval"] = "200ms".into();
-    std::fs::write(dir.path().join("env.yaml"), telemetry::config_yaml(&config)).unwrap();
-    let _collector = start_collector(
-        &tools,
-        &dir.path().join("env.yaml"),
-        &dir.path().join("env.log"),
-        &test_env.kubeconfig,
-    );
-    until_healthy(
-        &format!("http://127.0.0.1:{sink_health}/"),
-        &dir.path().join("sink.log"),
-    )
-    .await;
-    until_healthy(
-        &format!("http://127.0.0.1:{health}/"),
-        &dir.path().join("env.log"),
-    )
-    .await;
+    let _collector =
+        run_collector(dir.path(), "env", &telemetry::config_yaml(&config), health).await;
 
     // OTLP/HTTP (JSON encoding), as an SDK configured by the injected
     // variables would send it.

@@ -43,3 +43,8 @@ garbage collector).
 {{- range . }}{{ $out = append $out (printf "'%s'" .) }}{{ end -}}
 {{- join ", " $out -}}
 {{- end }}
+
+{{/* The pod-log agent's namespace (telemetry.logs.namespace, else the release's). */}}
+{{- define "mahler.logAgentNamespace" -}}
+{{- default .Release.Namespace .Values.telemetry.logs.namespace -}}
+{{- end -}}

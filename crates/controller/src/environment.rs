@@ -23,6 +23,8 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
     if let Some(mesh) = &ctx.mesh {
         mesh.poke();
     }
+    // So does the pod-log agent.
+    ctx.telemetry.log_agent.poke();
     let ns_name = env.namespace_name();
     let namespace = ctx
         .caches

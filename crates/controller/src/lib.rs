@@ -24,6 +24,7 @@ pub mod consul;
 mod environment;
 pub mod finalizer;
 pub mod kinds;
+pub mod log_agent;
 pub mod metrics;
 mod project;
 pub mod routes;
@@ -302,7 +303,9 @@ async fn reconcile<K: Kind>(guard: Arc<Guarded<K>>, ctx: Arc<Context>) -> Result
     };
     let kind = K::kind(&());
     let started = Instant::now();
+    let in_flight = ctx.metrics.in_flight(&kind);
     let result = obj.pass(&ctx).await;
+    drop(in_flight);
     ctx.metrics
         .reconciled(&kind, started.elapsed(), result.is_ok());
     if result.is_ok() {
@@ -453,6 +456,10 @@ pub async fn run(
             triggers.of::<Service>(),
             triggers.of::<mahler_api::Connection>(),
         ));
+    }
+
+    if let Some(namespace) = settings.telemetry.log_agent_namespace.clone() {
+        tokio::spawn(log_agent::run(ctx.clone(), namespace));
     }
 
     let shutdown: futures::future::BoxFuture<'static, ()> = Box::pin(shutdown);

@@ -65,6 +65,22 @@ pub struct Metrics {
     /// `otelcol validate` runs by result (accepted, rejected, unavailable).
     telemetry_validations: Family<SyncLabels, Counter>,
     telemetry_validate_seconds: Histogram,
+    /// Environments whose pod logs the node agent reads.
+    pub log_agent_sources: Gauge,
+    /// Reconcile passes running now, by kind (at `--concurrency`, further
+    /// work waits in the controller's queue).
+    in_flight: Family<KindLabels, Gauge>,
+    /// Terraform engine jobs waiting for a run slot.
+    tofu_jobs_waiting: Gauge,
+}
+
+/// Counts a pass as in flight until dropped (also when the pass panics).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,7 +178,28 @@ impl Default for Metrics {
             "Time one accepted otelcol validate took",
             telemetry_validate_seconds.clone(),
         );
+        let log_agent_sources = Gauge::default();
+        registry.register(
+            "log_agent_environments",
+            "Environments whose pod logs the node agent reads",
+            log_agent_sources.clone(),
+        );
+        let in_flight = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconcile passes running now, by kind (at --concurrency, further work queues)",
+            in_flight.clone(),
+        );
+        let tofu_jobs_waiting = Gauge::default();
+        registry.register(
+            "tofu_jobs_waiting",
+            "Terraform engine jobs waiting for a run slot (--tofu-parallel)",
+            tofu_jobs_waiting.clone(),
+        );
         Metrics {
+            in_flight,
+            tofu_jobs_waiting,
+            log_agent_sources,
             telemetry_validations,
             telemetry_validate_seconds,
             consul_syncs,
@@ -183,6 +220,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A pass of `kind` starts; it ends when the guard is dropped.
+    pub fn in_flight(&self, kind: &str) -> InFlight {
+        let g = self
+            .in_flight
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .clone();
+        g.inc();
+        InFlight(g)
+    }
+
     pub fn reconciled(&self, kind: &str, elapsed: Duration, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.reconciles
@@ -267,6 +314,13 @@ impl mahler_engine::RunObserver for Metrics {
         duration: Duration,
     ) {
         self.tofu_run(operation.as_str(), outcome, duration);
+    }
+    fn slot_wait(&self, waiting: bool) {
+        if waiting {
+            self.tofu_jobs_waiting.inc();
+        } else {
+            self.tofu_jobs_waiting.dec();
+        }
     }
 }
 

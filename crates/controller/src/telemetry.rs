@@ -39,6 +39,9 @@ pub struct TelemetrySettings {
     pub otelcol: PathBuf,
     /// Where configs are written for validation.
     pub workdir: PathBuf,
+    /// The namespace of the pod-log node agent (None: pod logs are not
+    /// collected; docs/telemetry.md, "Logs").
+    pub log_agent_namespace: Option<String>,
 }
 
 impl Default for TelemetrySettings {
@@ -48,6 +51,7 @@ impl Default for TelemetrySettings {
             collector_cluster_role: "mahler-collector".into(),
             otelcol: "otelcol".into(),
             workdir: std::env::temp_dir().join("mahler-otelcol"),
+            log_agent_namespace: None,
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Telemetry {
     validator: Validator,
     /// Environment uid → (config hash, why it was rejected).
     rejected: Mutex<HashMap<String, (String, String)>>,
+    /// The pod-log agent's sync, poked by environment passes.
+    pub log_agent: super::log_agent::LogAgent,
 }
 
 impl Telemetry {
@@ -67,7 +73,12 @@ impl Telemetry {
             validator: Validator::new(settings.otelcol.clone(), settings.workdir.clone()),
             settings,
             rejected: Mutex::default(),
+            log_agent: Default::default(),
         })
+    }
+
+    pub fn validator(&self) -> &Validator {
+        &self.validator
     }
 }
 
@@ -212,7 +223,8 @@ pub(crate) async fn apply(ctx: &Context, env: &Environment) -> Result<Option<Ver
             ready: true,
             reason: "CollectorReady",
             message: format!(
-                "collector {COLLECTOR_NAME} runs config {hash} ({available}/{replicas} ready)"
+                "collector {COLLECTOR_NAME} runs config {hash} ({available}/{replicas} ready); {}",
+                logs_note(&this.settings, t)
             ),
         },
         Rollout::InProgress { available, .. } => Verdict::failed(
@@ -226,6 +238,16 @@ pub(crate) async fn apply(ctx: &Context, env: &Environment) -> Result<Option<Ver
             format!("collector {COLLECTOR_NAME}: {message}"),
         ),
     }))
+}
+
+/// What happens to the environment's pod logs.
+fn logs_note(settings: &TelemetrySettings, t: &mahler_api::TelemetrySpec) -> String {
+    use mahler_core::log_agent::{AGENT_NAME, exports_logs};
+    match (&settings.log_agent_namespace, exports_logs(t)) {
+        (_, false) => "pod logs are not collected: no exporter takes logs (otlp or debug)".into(),
+        (Some(ns), true) => format!("pod logs are read by the node agent {ns}/{AGENT_NAME}"),
+        (None, true) => "pod logs are not collected: the operator runs no log agent (--log-agent-namespace, chart telemetry.logs.enabled)".into(),
+    }
 }
 
 /// The cached child named after the collector in `ns`, if `uid` owns it.

@@ -18,6 +18,7 @@ pub mod access;
 pub mod consul;
 pub mod digest;
 pub mod environment;
+pub mod log_agent;
 pub mod telemetry;
 pub mod terraform;
 pub mod unsupported;

@@ -466,6 +466,25 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
+/// Readiness and liveness of a collector container: its health_check
+/// extension (liveness tolerates a minute of failures).
+pub(crate) fn health_probes() -> (Probe, Probe) {
+    let probe = Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/".into()),
+            port: IntOrString::Int(HEALTH_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(10),
+        ..Default::default()
+    };
+    let liveness = Probe {
+        failure_threshold: Some(6),
+        ..probe.clone()
+    };
+    (probe, liveness)
+}
+
 /// The objects running `yaml` (a checked, validated config) with `image`.
 pub fn desired_collector(
     env: &Environment,
@@ -542,15 +561,7 @@ pub fn desired_collector(
     if let Some(p) = prometheus {
         ports.push(("prometheus", p));
     }
-    let probe = Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/".into()),
-            port: IntOrString::Int(HEALTH_PORT),
-            ..Default::default()
-        }),
-        period_seconds: Some(10),
-        ..Default::default()
-    };
+    let (readiness, liveness) = health_probes();
     let spec = t.collector.clone().unwrap_or_default();
     let container = Container {
         name: "otelcol".into(),
@@ -574,11 +585,8 @@ pub fn desired_collector(
                 .cloned()
                 .unwrap_or_else(default_resources),
         ),
-        readiness_probe: Some(probe.clone()),
-        liveness_probe: Some(Probe {
-            failure_threshold: Some(6),
-            ..probe
-        }),
+        readiness_probe: Some(readiness),
+        liveness_probe: Some(liveness),
         volume_mounts: Some(mounts),
         ..Default::default()
     };

@@ -66,6 +66,8 @@ pub trait RunObserver: Send + Sync + 'static {
     fn process_started(&self);
     /// A job finished with this outcome label ([`Outcome::label`]).
     fn run_finished(&self, operation: Operation, outcome: &str, duration: Duration);
+    /// A job starts (`true`) or stops (`false`) waiting for a run slot.
+    fn slot_wait(&self, _waiting: bool) {}
 }
 
 /// Why the engine cannot start.
@@ -447,7 +449,10 @@ impl Engine {
         let started = Timestamp::now();
         let clock = Instant::now();
         let mut notes = Vec::new();
-        let _permit = self.slots.acquire().await.expect("semaphore never closed");
+        self.observer.slot_wait(true);
+        let permit = self.slots.acquire().await;
+        self.observer.slot_wait(false);
+        let _permit = permit.expect("semaphore never closed");
         let outcome = match self.steps(&ws, &kind, &mut notes).await {
             Ok(o) => o,
             Err(failure) => Outcome::Failed(failure),
