@@ -10,8 +10,12 @@ MAHLER_TOOLS_DIR=$(hack/tools.sh dir)
 export MAHLER_PROVIDER_MIRROR
 MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
 
-echo ">> unit tests, and tofu validate of the shipped templates"
-MAHLER_TOFU=$MAHLER_TOOLS_DIR/tofu cargo test --workspace --lib --bins --test crds --test templates
+# Grafana's schema types and tsc, for the dashboard check (tests/dashboard.rs).
+export MAHLER_DASHBOARD_CHECK
+MAHLER_DASHBOARD_CHECK=$(hack/tools.sh node dashboard-check)
+
+echo ">> unit tests, tofu validate of the shipped templates, the dashboard check"
+MAHLER_TOFU=$MAHLER_TOOLS_DIR/tofu cargo test --workspace --lib --bins --test crds --test templates --test dashboard
 
 name=test-$$
 export MAHLER_CLUSTER_DIR

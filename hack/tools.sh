@@ -6,6 +6,8 @@
 #   hack/tools.sh build [component...]  build what is missing (default: all)
 #   hack/tools.sh dir   [component...]  build what is missing, print a dir
 #                                       holding every binary (symlinks)
+#   hack/tools.sh node <name>           npm ci tools/<name> (pinned by its
+#                                       package-lock.json), print its dir
 #   hack/tools.sh mirror [aws]          build the providers (random, null,
 #                                       kubernetes [, aws]), print an OpenTofu
 #                                       filesystem mirror holding them
@@ -136,8 +138,25 @@ mirror() {
   echo "$dir"
 }
 
+# node <name>: the npm packages tools/<name>/package-lock.json pins,
+# installed with `npm ci` into the cache (keyed by the lock file); prints the
+# directory holding node_modules.
+node_tool() {
+  local dir=$cache/$1-$(cat "$root/tools/$1/package.json" "$root/tools/$1/package-lock.json" | sha256sum | cut -c1-12)
+  if [[ ! -f $dir/.complete ]]; then
+    rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+    cp "$root/tools/$1/package.json" "$root/tools/$1/package-lock.json" "$dir.tmp/"
+    echo ">> installing $1 (npm ci) into $dir" >&2
+    (cd "$dir.tmp" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    touch "$dir.tmp/.complete"
+    rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
+
 cmd=${1:-build}; shift || true
 if [[ $cmd == mirror ]]; then mirror "$@"; exit 0; fi
+if [[ $cmd == node ]]; then node_tool "$1"; exit 0; fi
 components=("$@"); [[ ${#components[@]} -gt 0 ]] || components=("${all_components[@]}")
 case $cmd in
   build) for c in "${components[@]}"; do build "$c"; done ;;
