@@ -5,7 +5,7 @@ CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates fuzz
-.PHONY: openapi
+.PHONY: openapi dashboard-preview
 
 all: build
 
@@ -58,6 +58,11 @@ unit:
 
 bench: tools
 	hack/bench.sh
+
+# With `make run` up: docs/images/dashboard-preview.png, the dashboard's
+# panels drawn from a real run's Prometheus data (docs/telemetry.md).
+dashboard-preview:
+	hack/dashboard-preview.sh
 
 # schemathesis against the REST API of `make run` (docs/api.md, "Fuzzing").
 fuzz:

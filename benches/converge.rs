@@ -7,6 +7,10 @@
 //!    operator's peak memory per Service (peak RSS of this stage over the RSS
 //!    just before it), and the writes of a no-op resync.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{metrics, percentile, sum};
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -68,10 +72,6 @@ fn connection(ns: &str, i: usize) -> Connection {
     );
     c.metadata.namespace = Some(ns.into());
     c
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn environment(client: &Client, project: &str) -> String {
@@ -276,26 +276,11 @@ fn operator_rss_kib(pid: u32, field: &str) -> u64 {
 }
 
 async fn writes(metrics_url: &str) -> (u64, u64) {
-    let body = reqwest_like(metrics_url).await;
-    let sum = |prefix: &str| {
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
+    let body = metrics(metrics_url).await;
     (
-        sum("mahler_kube_writes_total"),
-        sum("mahler_reconciles_total"),
+        sum(&body, "mahler_kube_writes_total"),
+        sum(&body, "mahler_reconciles_total"),
     )
-}
-
-async fn reqwest_like(url: &str) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .await
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn scale(

@@ -9,6 +9,10 @@
 //!    operator's writes and `otelcol validate` runs (goal 0 and 0).
 //! 3. Render and `otelcol validate` of one config.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{metrics, percentile, sum};
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -20,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use mahler_api::names::{COLLECTOR_NAME, CONFIG_HASH_ANNOTATION, TELEMETRY_READY};
 use mahler_api::{Environment, EnvironmentSpec, Project, ProjectSpec, TelemetrySpec};
+use mahler_core::log_agent::{self, AGENT_NAME};
 use mahler_core::telemetry;
 use serde_json::json;
 
@@ -48,22 +53,6 @@ fn telemetry_ready(e: &Environment) -> bool {
     })
 }
 
-async fn metrics(url: &str) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(["-sf", url])
-        .output()
-        .await
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sum(body: &str, prefix: &str) -> u64 {
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Waits for the collector Deployment of `ns` to carry a config hash other
 /// than `old`; the time since `started`.
 async fn new_template(client: &Client, ns: &str, old: &str, started: Instant) -> Duration {
@@ -88,10 +77,6 @@ fn hash_of(d: &Deployment) -> Option<String> {
         .as_ref()?
         .get(CONFIG_HASH_ANNOTATION)
         .cloned()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main]
@@ -146,6 +131,33 @@ async fn main() {
         "{ENVIRONMENTS} environments with telemetry: every collector ready after {:?}",
         started.elapsed()
     );
+    // The pod-log agent reads them all (hack/bench.sh turns it on).
+    let agent_ns = std::env::var("MAHLER_LOG_AGENT_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let agent_configs: Api<ConfigMap> = Api::namespaced(client.clone(), &agent_ns);
+    let agent_started = Instant::now();
+    let agent_yaml = loop {
+        let yaml = agent_configs
+            .get_opt(AGENT_NAME)
+            .await
+            .expect("agent config")
+            .and_then(|c| c.data?.remove("config.yaml"))
+            .unwrap_or_default();
+        if names
+            .iter()
+            .all(|n| yaml.contains(&format!("file_log/{n}:")))
+        {
+            println!(
+                "the log agent reads all {ENVIRONMENTS} environments, {:?} later",
+                agent_started.elapsed()
+            );
+            break yaml;
+        }
+        assert!(
+            agent_started.elapsed() < Duration::from_secs(120),
+            "the log agent does not read every environment"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
 
     // 2. Resync with nothing to do.
     let body = metrics(&metrics_url).await;
@@ -208,8 +220,7 @@ async fn main() {
             let client = client.clone();
             let ns = ns.clone();
             let started = Instant::now();
-            let w = tokio::spawn(async move { new_template(&client, &ns, &old, started).await });
-            (w, started)
+            tokio::spawn(async move { new_template(&client, &ns, &old, started).await })
         };
         let mut t: TelemetrySpec = spec(project).telemetry.unwrap();
         t.resource_attributes.insert("run".into(), i.to_string());
@@ -220,8 +231,7 @@ async fn main() {
         )
         .await
         .expect("patch");
-        let _ = watch.1;
-        mahler.push(watch.0.await.unwrap());
+        mahler.push(watch.await.unwrap());
 
         // The floor: the ConfigMap and the pod template's annotation, written
         // directly by a client that already knows the new config.
@@ -291,5 +301,31 @@ async fn main() {
         percentile(&took, 0.5),
         percentile(&took, 0.99),
         percentile(&plain, 0.5)
+    );
+
+    // 4. The log agent's config for the 100 environments: render, validate.
+    let all: Vec<Environment> = names
+        .iter()
+        .map(|n| Environment::new(n, spec(project)))
+        .collect();
+    let started = Instant::now();
+    let mut rendered = String::new();
+    for _ in 0..100 {
+        let sources = log_agent::sources(&all, "cluster.local");
+        rendered =
+            telemetry::config_yaml(&log_agent::render_config(&sources, log_agent::POD_LOG_ROOT));
+    }
+    let render = started.elapsed() / 100;
+    assert!(rendered.len() > 1000);
+    let mut took = Vec::new();
+    for _ in 0..runs.min(10) {
+        // What the operator applied (it reads these 100 and any other).
+        took.push(validator.validate(&agent_yaml).await.expect("valid"));
+    }
+    took.sort();
+    println!(
+        "log agent config for {ENVIRONMENTS} environments ({} bytes): render {render:?}, otelcol validate p50 {:?}",
+        agent_yaml.len(),
+        percentile(&took, 0.5)
     );
 }

@@ -25,6 +25,8 @@ tools=$(hack/tools.sh dir)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export MAHLER_RESYNC_SECONDS=${MAHLER_RESYNC_SECONDS:-10}
 export MAHLER_TOFU=$tools/tofu MAHLER_OTELCOL=$tools/otelcol MAHLER_TOFU_WORKDIR=$dir/tofu
+# The pod-log agent on (BENCH=telemetry counts its writes and validations too).
+export MAHLER_LOG_AGENT_NAMESPACE=${MAHLER_LOG_AGENT_NAMESPACE:-default}
 export MAHLER_PROVIDER_MIRROR
 MAHLER_PROVIDER_MIRROR=$(hack/tools.sh mirror)
 # The operator's defaults (concurrency 16 per kind), unless MAHLER_* is set.

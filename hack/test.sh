@@ -22,7 +22,7 @@ export MAHLER_CLUSTER_DIR
 MAHLER_CLUSTER_DIR=$(mktemp -d /tmp/mahler-test.XXXXXX)
 export MAHLER_TEST_DIR=$MAHLER_CLUSTER_DIR/$name
 cleanup() {
-  for pid in operator api; do
+  for pid in operator api traces-sink; do
     if [[ -f $MAHLER_TEST_DIR/$pid.pid ]]; then kill "$(cat "$MAHLER_TEST_DIR/$pid.pid")" 2>/dev/null || true; fi
   done
   if [[ ${KEEP_CLUSTER:-} == 1 ]]; then echo "kept cluster: $MAHLER_TEST_DIR"; return; fi
@@ -37,6 +37,25 @@ hack/cluster.sh up "$name" >/dev/null
 # One Consul agent for the whole run (tests isolate by environment prefix).
 echo ">> starting Consul (dev mode, ACLs on)"
 hack/consul.sh up "$MAHLER_TEST_DIR/consul"
+# One collector for the run that the operator sends its own traces to
+# (--otlp-endpoint), writing them to a file (tests/e2e/telemetry.rs reads it).
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink_port=$(port); sink_health=$(port)
+export MAHLER_TRACES_FILE=$MAHLER_TEST_DIR/operator-traces.jsonl
+export MAHLER_TRACES_ENDPOINT=http://127.0.0.1:$sink_port
+cat >"$MAHLER_TEST_DIR/traces-sink.yaml" <<EOF
+receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:$sink_port"}}}}
+exporters: {file: {path: "$MAHLER_TRACES_FILE", flush_interval: 200ms}}
+extensions: {health_check: {endpoint: "127.0.0.1:$sink_health"}}
+service:
+  extensions: [health_check]
+  telemetry: {metrics: {level: none}}
+  pipelines: {traces: {receivers: [otlp], exporters: [file]}}
+EOF
+"$MAHLER_TOOLS_DIR/otelcol" --config="file:$MAHLER_TEST_DIR/traces-sink.yaml" >"$MAHLER_TEST_DIR/traces-sink.log" 2>&1 &
+echo $! >"$MAHLER_TEST_DIR/traces-sink.pid"
+for _ in $(seq 150); do curl -sf "http://127.0.0.1:$sink_health/" >/dev/null && break; sleep 0.2; done
+curl -sf "http://127.0.0.1:$sink_health/" >/dev/null || { cat "$MAHLER_TEST_DIR/traces-sink.log"; exit 1; }
 # The CLI the e2e tests run (tests/e2e/cli.rs builds it too; this keeps the
 # build out of the tests' time).
 cargo build -q -p mahler-cli -p mahler-server --bins

@@ -168,6 +168,13 @@ pub struct Args {
     /// "Logs").
     #[arg(long, env = "MAHLER_LOG_AGENT_NAMESPACE")]
     pub log_agent_namespace: Option<String>,
+    /// Export the operator's own traces (one span per reconcile, tofu runs
+    /// and commands as its children) over OTLP/gRPC to this endpoint, e.g.
+    /// http://otel-collector.observability:4317. Unset: no traces. The SDK's
+    /// OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG and
+    /// OTEL_RESOURCE_ATTRIBUTES apply (docs/telemetry.md).
+    #[arg(long, env = "MAHLER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Log format.
     #[arg(long, env = "MAHLER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -189,9 +196,52 @@ struct Health {
     ready: Arc<AtomicBool>,
 }
 
-/// Logging to stderr. A bare level quiets the chatty client crates to warn;
-/// a filter with directives of its own is taken as written.
-pub fn init_logging(args: &Args) -> Result<(), Error> {
+/// The operator's trace export, flushed by [`Tracing::shutdown`].
+pub struct Tracing(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Tracing {
+    /// Exports the spans still buffered (at most 5 s).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.0
+            && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("mahler-operator: flushing traces: {error}");
+        }
+    }
+}
+
+/// An OTLP/gRPC trace pipeline to `endpoint`, batched on the tokio runtime.
+fn tracer_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, Error> {
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| Error::Otlp(format!("--otlp-endpoint {endpoint}: {e}")))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("mahler-operator")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(
+            BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build(),
+        )
+        .with_resource(resource)
+        .build())
+}
+
+/// Logging to stderr, and traces over OTLP with `--otlp-endpoint`. A bare
+/// level quiets the chatty client crates to warn; a filter with directives
+/// of its own is taken as written. Traces carry Mahler's spans at info and
+/// above, whatever the log level. Call inside the tokio runtime.
+pub fn init_logging(args: &Args) -> Result<Tracing, Error> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let rust_log = std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty());
     let source = if rust_log.is_some() {
         "RUST_LOG"
@@ -210,16 +260,31 @@ pub fn init_logging(args: &Args) -> Result<(), Error> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .map_err(|e| Error::LogLevel(format!("{source} {directives:?}: {e}")))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if args.log_format == LogFormat::Json {
-        builder.json().flatten_event(true).init();
+    let fmt = if args.log_format == LogFormat::Json {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        builder.init();
-    }
-    Ok(())
+        fmt.boxed()
+    };
+    let provider = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => Some(tracer_provider(endpoint)?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        let spans =
+            tracing_subscriber::filter::Targets::new().with_target("mahler", tracing::Level::INFO);
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("mahler-operator"))
+            .with_filter(spans)
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    Ok(Tracing(provider))
 }
 
 /// Runs the operator until SIGTERM/SIGINT. Returns an error when leadership
@@ -579,6 +644,8 @@ fn default_identity() -> String {
 /// Why the operator stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("the OTLP trace exporter: {0}")]
+    Otlp(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -5,12 +5,19 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let args = mahler::operator::Args::parse();
-    if let Err(error) = mahler::operator::init_logging(&args) {
-        eprintln!("mahler-operator: {error}");
-        std::process::exit(1);
-    }
-    if let Err(error) = mahler::operator::run(args).await {
+    let tracing = match mahler::operator::init_logging(&args) {
+        Ok(t) => t,
+        Err(error) => {
+            eprintln!("mahler-operator: {error}");
+            std::process::exit(1);
+        }
+    };
+    let result = mahler::operator::run(args).await;
+    if let Err(error) = &result {
         tracing::error!("{error}");
+    }
+    tracing.shutdown();
+    if result.is_err() {
         std::process::exit(1);
     }
 }

@@ -105,7 +105,7 @@ async fn helm_lint_passes_with_default_and_every_optional_part() {
         "--strict",
         &chart,
         "--set",
-        "telemetry.logs.enabled=true,telemetry.logs.namespace=mahler-logs",
+        "telemetry.logs.enabled=true,telemetry.logs.namespace=mahler-logs,operator.otlpEndpoint=http://otel.observability:4317,dashboard.namespace=grafana",
     ]);
     // helm was built with its version and the cluster's Kubernetes version:
     // it renders for that cluster, not for Kubernetes 1.20 (which the
@@ -148,6 +148,10 @@ async fn invalid_values_are_refused_naming_the_field() {
         (
             "telemetry.logs.namespace=Logs_NS",
             "/telemetry/logs/namespace",
+        ),
+        (
+            "operator.otlpEndpoint=collector:4317",
+            "/operator/otlpEndpoint",
         ),
         ("replicass=2", "replicass"),
     ] {

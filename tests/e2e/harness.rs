@@ -217,6 +217,11 @@ impl TestEnv {
             .env("MAHLER_OTELCOL", self.tools.join("otelcol"))
             .env("MAHLER_COLLECTOR_ROLE", "mahler-collector")
             .env("MAHLER_LOG_AGENT_NAMESPACE", "mahler-system")
+            // Its own traces, to the run's sink collector (hack/test.sh).
+            .env(
+                "MAHLER_OTLP_ENDPOINT",
+                std::env::var("MAHLER_TRACES_ENDPOINT").unwrap_or_default(),
+            )
             .env(
                 "MAHLER_PROVIDER_MIRROR",
                 std::env::var("MAHLER_PROVIDER_MIRROR")

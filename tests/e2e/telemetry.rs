@@ -404,13 +404,16 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
         |d: Option<&Deployment>| d.is_some_and(|d| !pod_env(d).contains_key("OTEL_SERVICE_NAME")),
     )
     .await;
-    let e = envs.get(ns).await.unwrap();
-    assert!(
-        !env_conditions(&e)
-            .unwrap()
-            .iter()
-            .any(|c| c.type_ == TELEMETRY_READY)
-    );
+    wait_for(
+        &envs,
+        ns,
+        "no TelemetryReady condition",
+        |e: Option<&Environment>| {
+            e.and_then(env_conditions)
+                .is_some_and(|cs| !cs.iter().any(|c| c.type_ == TELEMETRY_READY))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -840,4 +843,87 @@ async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attri
         std::fs::read_to_string(&out).unwrap_or_default(),
         std::fs::read_to_string(dir.path().join("env.log")).unwrap_or_default()
     );
+}
+
+/// Every span the run's sink collector received from the operator
+/// (hack/test.sh: MAHLER_TRACES_FILE), with its resource.
+fn operator_spans() -> Vec<(serde_json::Value, serde_json::Value)> {
+    let file = std::env::var("MAHLER_TRACES_FILE").expect("MAHLER_TRACES_FILE: run `make test`");
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for rs in v["resourceSpans"].as_array().into_iter().flatten() {
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for span in ss["spans"].as_array().into_iter().flatten() {
+                    out.push((rs["resource"].clone(), span.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_operator_traces_each_reconcile_with_its_tofu_runs_as_child_spans() {
+    let _guard = shared().await;
+    let env = env();
+    let client = env.client().await;
+    let ns = crate::project_with_env(&client, "otrace").await;
+    env.apply(&format!(
+        "apiVersion: mahler.dev/v1alpha1\nkind: Service\nmetadata: {{name: t, namespace: {ns}}}\nspec:\n  source:\n    template: {{name: config-bundle, inputs: {{settings: {{A: a}}}}}}\n"
+    ));
+    wait_for(
+        &Api::<mahler_api::Service>::namespaced(client.clone(), &ns),
+        "t",
+        "Ready",
+        is_ready(crate::svc_conditions),
+    )
+    .await;
+    // Spans are exported in batches (every 5 s): wait for this Service's
+    // run, its reconcile parent and its tofu commands.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let run_of = format!("{ns}/t/");
+    loop {
+        let spans = operator_spans();
+        let runs: Vec<_> = spans
+            .iter()
+            .filter(|(_, s)| {
+                s["name"] == "tofu_run"
+                    && attribute(s, "service").is_some_and(|k| k.starts_with(&run_of))
+            })
+            .collect();
+        let parented = runs.iter().find_map(|(resource, run)| {
+            let parent = spans.iter().find(|(_, p)| {
+                p["spanId"] == run["parentSpanId"] && p["traceId"] == run["traceId"]
+            })?;
+            let commands: Vec<&str> = spans
+                .iter()
+                .filter(|(_, c)| c["name"] == "tofu" && c["parentSpanId"] == run["spanId"])
+                .filter_map(|(_, c)| attribute(c, "command"))
+                .collect();
+            Some((resource, parent.1.clone(), commands))
+        });
+        if let Some((resource, parent, commands)) = parented
+            && !commands.is_empty()
+        {
+            assert_eq!(attribute(resource, "service.name"), Some("mahler-operator"));
+            assert_eq!(parent["name"], "reconcile", "{parent}");
+            assert_eq!(attribute(&parent, "service"), Some("t"), "{parent}");
+            assert_eq!(
+                attribute(&parent, "namespace"),
+                Some(ns.as_str()),
+                "{parent}"
+            );
+            assert!(commands.contains(&"apply"), "{commands:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tofu_run span of {run_of} under a reconcile span, with tofu commands under it ({} spans, {} runs of it)",
+            spans.len(),
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -10,7 +10,7 @@ use super::{Context, Error, apply, consul, status};
 use mahler_api::{Connection, ConnectionStatus, Health};
 use mahler_core::workload::{self, EdgeOutcome};
 
-#[tracing::instrument(skip_all, fields(connection = %conn.name_any(), namespace = conn.namespace().unwrap_or_default()))]
+#[tracing::instrument(name = "reconcile", skip_all, fields(connection = %conn.name_any(), namespace = conn.namespace().unwrap_or_default()))]
 pub(crate) async fn pass(conn: &Connection, ctx: &Context) -> Result<Action, Error> {
     // Deleted, or its namespace is: the garbage collector / namespace
     // controller removes the children; writing now would be refused.

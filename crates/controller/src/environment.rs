@@ -17,7 +17,7 @@ use mahler_core::environment::{
     DEFAULT_DENY_POLICY, desired_default_deny, desired_namespace, owns_namespace,
 };
 
-#[tracing::instrument(skip_all, fields(environment = %env.name_any()))]
+#[tracing::instrument(name = "reconcile", skip_all, fields(environment = %env.name_any()))]
 pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Error> {
     // Consul follows the environment's settings (and its deletion).
     if let Some(mesh) = &ctx.mesh {
@@ -61,7 +61,7 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
                     names.join(", ")
                 ),
             );
-            write_status(ctx, env, &health, Some(ns_name)).await?;
+            write_status(ctx, env, &health, Some(ns_name), None).await?;
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
         apply::delete(ctx, namespace.as_ref()).await?;
@@ -69,7 +69,7 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
             "Deleting",
             format!("waiting for namespace {ns_name} and everything in it to be deleted"),
         );
-        write_status(ctx, env, &health, Some(ns_name)).await?;
+        write_status(ctx, env, &health, Some(ns_name), None).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
@@ -125,7 +125,7 @@ pub(crate) async fn pass(env: &Environment, ctx: &Context) -> Result<Action, Err
         },
     };
     let namespace = health.is_ready().then_some(ns_name);
-    write_status_with(ctx, env, &health, namespace, telemetry_verdict.as_ref()).await?;
+    write_status(ctx, env, &health, namespace, telemetry_verdict.as_ref()).await?;
     Ok(ctx.resync())
 }
 
@@ -143,16 +143,10 @@ async fn foreign_namespace_exists(
     }
 }
 
+/// The status for `health`; `telemetry_verdict` is the pass's
+/// `TelemetryReady` (None: not evaluated this pass, see
+/// [`telemetry::condition`]).
 async fn write_status(
-    ctx: &Context,
-    env: &Environment,
-    health: &Health,
-    namespace: Option<String>,
-) -> Result<(), Error> {
-    write_status_with(ctx, env, health, namespace, None).await
-}
-
-async fn write_status_with(
     ctx: &Context,
     env: &Environment,
     health: &Health,

@@ -9,7 +9,7 @@ use kube::{Resource, ResourceExt};
 use super::{Context, Error, access, apply, finalizer, status};
 use mahler_api::{Health, Project, ProjectStatus};
 
-#[tracing::instrument(skip_all, fields(project = %project.name_any()))]
+#[tracing::instrument(name = "reconcile", skip_all, fields(project = %project.name_any()))]
 pub(crate) async fn pass(project: &Project, ctx: &Context) -> Result<Action, Error> {
     let mut environments = ctx.caches.environments_of(&project.name_any());
     environments.sort_by_key(|e| e.name_any());

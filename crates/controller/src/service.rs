@@ -18,7 +18,7 @@ use super::{
 use mahler_api::{Connection, Health, Service, ServiceStatus};
 use mahler_core::workload::{self, Rollout};
 
-#[tracing::instrument(skip_all, fields(service = %svc.name_any(), namespace = svc.namespace().unwrap_or_default()))]
+#[tracing::instrument(name = "reconcile", skip_all, fields(service = %svc.name_any(), namespace = svc.namespace().unwrap_or_default()))]
 pub(crate) async fn pass(svc: &Service, ctx: &Context) -> Result<Action, Error> {
     if let Some(src) = &svc.spec.source.template {
         return template_service::pass(svc, ctx, src).await;

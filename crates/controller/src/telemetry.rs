@@ -307,9 +307,12 @@ async fn remove(ctx: &Context, ns: &str, uid: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `TelemetryReady` condition for `verdict` (removed with `None`), and
-/// an Event when its status or reason changes: a Warning for a failure,
-/// Normal for ready. Progress (`RollingOut`) has no Event of its own.
+/// The `TelemetryReady` condition for `verdict`, and an Event when its
+/// status or reason changes: a Warning for a failure, Normal for ready.
+/// Progress (`RollingOut`) has no Event of its own. Without a verdict the
+/// condition goes if the environment has no telemetry, and otherwise stays
+/// as it was (the pass did not get to the collector: its namespace is not
+/// active yet, or the pass wrote something first).
 pub(crate) async fn condition(
     ctx: &Context,
     env: &Environment,
@@ -322,7 +325,9 @@ pub(crate) async fn condition(
         .find(|c| c.type_ == TELEMETRY_READY)
         .map(|c| (c.status.clone(), c.reason.clone()));
     let Some(v) = verdict else {
-        conditions.retain(|c| c.type_ != TELEMETRY_READY);
+        if env.spec.telemetry.is_none() {
+            conditions.retain(|c| c.type_ != TELEMETRY_READY);
+        }
         return;
     };
     let mut set = mahler_api::ConditionSet(std::mem::take(conditions));

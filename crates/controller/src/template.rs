@@ -12,7 +12,7 @@ use super::{Context, Error, status};
 use mahler_api::{Health, ResourceTemplate, ResourceTemplateStatus};
 use mahler_core::terraform::workspace;
 
-#[tracing::instrument(skip_all, fields(template = %tpl.name_any()))]
+#[tracing::instrument(name = "reconcile", skip_all, fields(template = %tpl.name_any()))]
 pub(crate) async fn pass(tpl: &ResourceTemplate, ctx: &Context) -> Result<Action, Error> {
     if tpl.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());

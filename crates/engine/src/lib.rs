@@ -356,14 +356,20 @@ impl Engine {
             Some(path) => self.credentials.lock().insert(dir.clone(), path),
             None => self.credentials.lock().remove(&dir),
         };
-        tokio::spawn(async move {
-            let result = engine.execute(&key, workspace, kind).await;
-            if let Some(path) = engine.credentials.lock().remove(&dir) {
-                let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
-            }
-            engine.jobs.lock().insert(key, Slot::Done(Box::new(result)));
-            done();
-        });
+        // A child of the reconcile that started it (one trace: the pass,
+        // the run, each tofu command).
+        let span = tracing::info_span!("tofu_run", service = %key, operation = %kind.operation());
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let result = engine.execute(&key, workspace, kind).await;
+                if let Some(path) = engine.credentials.lock().remove(&dir) {
+                    let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
+                }
+                engine.jobs.lock().insert(key, Slot::Done(Box::new(result)));
+                done();
+            },
+            span,
+        ));
         true
     }
 

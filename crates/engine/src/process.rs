@@ -70,6 +70,7 @@ pub struct Invocation<'a> {
     pub keep_stdout: bool,
 }
 
+#[tracing::instrument(name = "tofu", skip_all, fields(command = %inv.args.first().map(String::as_str).unwrap_or("tofu")))]
 pub async fn run(
     inv: Invocation<'_>,
     deadline: tokio::time::Instant,
