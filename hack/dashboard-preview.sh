@@ -91,6 +91,6 @@ sleep 10
 echo ">> rendering $out"
 python3 hack/dashboard_preview.py render charts/mahler/dashboards/mahler.json "http://127.0.0.1:$web" "$start" "$end" "$work/preview.html"
 mkdir -p "$(dirname "$out")"
-chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1424,1420 \
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1424,1600 \
   --screenshot="$root/$out" "file://$work/preview.html" >/dev/null 2>&1
 echo "wrote $out"

@@ -128,7 +128,8 @@ def svg_chart(series, unit, start, end, w, h):
         parts.append(f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" fill="#9fa7b3" text-anchor="end">{unit_fmt(unit, v)}</text>')
     for i in range(5):
         t = start + (end - start) * i / 4
-        parts.append(f'<text x="{x(t):.1f}" y="{h - 6}" fill="#9fa7b3" text-anchor="middle">{time.strftime("%H:%M", time.gmtime(t))}</text>')
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        parts.append(f'<text x="{x(t):.1f}" y="{h - 6}" fill="#9fa7b3" text-anchor="{anchor}">{time.strftime("%H:%M", time.gmtime(t))}</text>')
     for i, s in enumerate(series):
         c = COLORS[i % len(COLORS)]
         d = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in s["values"])
