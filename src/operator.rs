@@ -200,12 +200,18 @@ struct Health {
 pub struct Tracing(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
 
 impl Tracing {
-    /// Exports the spans still buffered (at most 5 s).
+    /// Exports the spans still buffered, waiting at most 5 s (the SDK's
+    /// own shutdown ignores its timeout, so it runs on a thread of its own).
     pub fn shutdown(self) {
-        if let Some(provider) = self.0
-            && let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5))
-        {
-            eprintln!("mahler-operator: flushing traces: {error}");
+        let Some(provider) = self.0 else { return };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(provider.shutdown());
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("mahler-operator: flushing traces: {error}"),
+            Err(_) => eprintln!("mahler-operator: flushing traces: gave up after 5s"),
         }
     }
 }
@@ -214,6 +220,11 @@ impl Tracing {
 fn tracer_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, Error> {
     use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+    if !endpoint.starts_with("http://") {
+        return Err(Error::Otlp(format!(
+            "--otlp-endpoint {endpoint}: only plain http:// endpoints are supported yet (TLS is not); send to a collector on the cluster network, e.g. http://mahler-collector.<namespace>.svc:4317"
+        )));
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)

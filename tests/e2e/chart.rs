@@ -105,7 +105,7 @@ async fn helm_lint_passes_with_default_and_every_optional_part() {
         "--strict",
         &chart,
         "--set",
-        "telemetry.logs.enabled=true,telemetry.logs.namespace=mahler-logs,operator.otlpEndpoint=http://otel.observability:4317,dashboard.namespace=grafana",
+        "telemetry.logs.enabled=true,telemetry.logs.namespace=mahler-logs,operator.otlpEndpoint=http://otel.observability:4317,dashboard.namespace=grafana,leaderElection.enabled=false,replicas=1",
     ]);
     // helm was built with its version and the cluster's Kubernetes version:
     // it renders for that cluster, not for Kubernetes 1.20 (which the

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::ListParams;
 use kube::runtime::wait::Condition as _;
 use kube::{Api, ResourceExt};
@@ -111,6 +112,12 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
         .get(COLLECTOR_NAME)
         .await
         .unwrap();
+    // Its hole in the default-deny policy: OTLP from the namespace and from
+    // the log agent's pods.
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), ns);
+    let policy = policies.get(COLLECTOR_NAME).await.unwrap();
+    let rules = policy.spec.unwrap().ingress.unwrap();
+    assert_eq!(rules.len(), 2, "{rules:?}");
 
     // Its pod logs: the node agent (a DaemonSet in the agent's namespace,
     // mahler-system here) reads this namespace's log files and sends them to
@@ -389,6 +396,7 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
     env.apply(&environment_yaml(ns, p, "  deletionPolicy: Retain\n"));
     wait_deleted(&deployments, COLLECTOR_NAME).await;
     wait_deleted(&config_maps, COLLECTOR_NAME).await;
+    wait_deleted(&policies, COLLECTOR_NAME).await;
     // No environment left whose logs are collected: the agent goes.
     wait_deleted(&agents, AGENT_NAME).await;
     wait_deleted(&agent_configs, AGENT_NAME).await;
@@ -673,10 +681,9 @@ async fn the_log_agent_reads_its_environments_pod_log_files_and_forwards_them_ta
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         received = text
             .lines()
-            .flat_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["resourceLogs"].as_array().cloned().unwrap_or_default()
-            })
+            // A line the exporter is still writing does not parse yet.
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .flat_map(|v| v["resourceLogs"].as_array().cloned().unwrap_or_default())
             .collect();
         if !received.is_empty() {
             break;
@@ -716,8 +723,6 @@ async fn the_log_agent_reads_its_environments_pod_log_files_and_forwards_them_ta
 
 #[tokio::test]
 async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attributes() {
-    let test_env = env();
-    let tools = test_env.tools.clone();
     let dir = tempfile::tempdir().unwrap();
     let (sink_port, grpc, http, health, sink_health) = (
         free_port(),
@@ -791,12 +796,44 @@ async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attri
         }]}]}]}),
     );
 
+    // And a real OTLP client: the Rust SDK (opentelemetry-otlp, the one the
+    // operator exports its own traces with), over gRPC.
+    {
+        use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+        use opentelemetry_otlp::WithExportConfig;
+        use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(format!("http://127.0.0.1:{grpc}"))
+            .build()
+            .unwrap();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build(),
+            )
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("api")
+                    .build(),
+            )
+            .build();
+        provider.tracer("e2e").in_span("GET /sdk", |_| {});
+        // Flushing blocks until the batch task, on this runtime, has sent.
+        tokio::task::spawn_blocking(move || provider.shutdown())
+            .await
+            .unwrap()
+            .expect("the SDK exported its span");
+    }
+
     // The sink's file: each signal, with Mahler's attributes added.
-    let mut seen = (false, false, false, false);
+    let mut seen = [false; 5];
     for _ in 0..300 {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
         for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            // A line the exporter is still writing does not parse yet.
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             let (kind, key) = if v.get("resourceSpans").is_some() {
                 (0, "resourceSpans")
             } else if v.get("resourceMetrics").is_some() {
@@ -825,21 +862,25 @@ async fn a_rendered_collector_forwards_traces_metrics_and_logs_with_mahler_attri
                     && attrs.get("service.name").map(String::as_str) == Some("api");
                 let is_span_metrics =
                     line.contains("traces.span.metrics") || line.contains("\"calls\"");
+                let r = r.to_string();
                 match kind {
-                    0 => seen.0 |= tagged && line.contains("GET /orders"),
-                    1 if is_span_metrics => seen.3 |= tagged,
-                    1 => seen.1 |= tagged && line.contains("orders_total"),
-                    _ => seen.2 |= tagged && line.contains("order placed"),
+                    0 => {
+                        seen[0] |= tagged && r.contains("GET /orders");
+                        seen[4] |= tagged && r.contains("GET /sdk");
+                    }
+                    1 if is_span_metrics => seen[3] |= tagged,
+                    1 => seen[1] |= tagged && r.contains("orders_total"),
+                    _ => seen[2] |= tagged && r.contains("order placed"),
                 }
             }
         }
-        if seen == (true, true, true, true) {
+        if seen.iter().all(|s| *s) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
-        "the sink did not get every signal tagged (traces, metrics, logs, span metrics: {seen:?}):\n{}\ncollector log:\n{}",
+        "the sink did not get every signal tagged (traces, metrics, logs, span metrics, the SDK's trace: {seen:?}):\n{}\ncollector log:\n{}",
         std::fs::read_to_string(&out).unwrap_or_default(),
         std::fs::read_to_string(dir.path().join("env.log")).unwrap_or_default()
     );
@@ -852,7 +893,10 @@ fn operator_spans() -> Vec<(serde_json::Value, serde_json::Value)> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let mut out = Vec::new();
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        // A line the exporter is still writing does not parse yet.
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         for rs in v["resourceSpans"].as_array().into_iter().flatten() {
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for span in ss["spans"].as_array().into_iter().flatten() {

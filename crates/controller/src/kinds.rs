@@ -280,15 +280,63 @@ where
             tokio::time::sleep(period).await;
             continue;
         }
+        // Object i goes at start + i·step, and the next round starts one
+        // period after this one: a round never takes less than the period,
+        // however few objects there are (with one, an interval's immediate
+        // first tick would resend it in a tight loop).
         let step = period.div_f64(refs.len() as f64);
-        let mut tick = tokio::time::interval(step.max(Duration::from_micros(100)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for r in refs {
-            tick.tick().await;
+        let start = tokio::time::Instant::now();
+        for (i, r) in refs.into_iter().enumerate() {
+            tokio::time::sleep_until(start + step.mul_f64(i as f64)).await;
             if trigger.send(r).is_err() {
                 // The controller stopped.
                 return;
             }
         }
+        tokio::time::sleep_until(start + period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::watcher::Event;
+
+    fn store_of(names: &[&str]) -> Store<ConfigMap> {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        writer.apply_watcher_event(&Event::Init);
+        for n in names {
+            let mut cm = ConfigMap::default();
+            cm.metadata.name = Some(n.to_string());
+            cm.metadata.namespace = Some("ns".into());
+            writer.apply_watcher_event(&Event::InitApply(cm));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        store
+    }
+
+    /// How many resync requests `names` get in `elapsed` of a 10 s period.
+    async fn sends(names: &[&str], elapsed: Duration) -> usize {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(resync(store_of(names), tx, Duration::from_secs(10)));
+        tokio::time::sleep(elapsed).await;
+        task.abort();
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_sends_each_object_once_per_period_however_few_there_are() {
+        // After the first period (start-up reconciles everything), rounds
+        // start at 10 s, 20 s and 30 s, spread over their period (three
+        // objects: at +0, +3.3 and +6.7 s): 3 per object by 39 s, and
+        // never a tight loop, with one object as with many.
+        assert_eq!(sends(&["only"], Duration::from_secs(39)).await, 3);
+        assert_eq!(sends(&["a", "b", "c"], Duration::from_secs(39)).await, 9);
+        assert_eq!(sends(&["a", "b", "c"], Duration::from_secs(35)).await, 8);
     }
 }

@@ -458,9 +458,13 @@ pub async fn run(
         ));
     }
 
-    if let Some(namespace) = settings.telemetry.log_agent_namespace.clone() {
-        tokio::spawn(log_agent::run(ctx.clone(), namespace));
-    }
+    // Stopped with the controllers: a replica that lost its lease must not
+    // keep applying the agent from a frozen cache.
+    let log_agent = settings
+        .telemetry
+        .log_agent_namespace
+        .clone()
+        .map(|namespace| tokio::spawn(log_agent::run(ctx.clone(), namespace)));
 
     let shutdown: futures::future::BoxFuture<'static, ()> = Box::pin(shutdown);
     let shutdown = futures::future::FutureExt::shared(shutdown);
@@ -485,6 +489,9 @@ pub async fn run(
         }
     };
     futures::join!(registry.run(ctx.clone(), config, shutdown), interrupt);
+    if let Some(task) = log_agent {
+        task.abort();
+    }
     feeds_task.abort();
     info!("controllers stopped");
 }

@@ -27,11 +27,17 @@ use mahler_engine::otelcol::ValidateError;
 
 use super::{Context, Error, apply, valid_ref};
 
-/// Pokes from environment passes.
+/// Pokes from environment passes, and what the last sync found.
 #[derive(Default)]
 pub struct LogAgent {
     poke: Notify,
+    /// The sources of the last sync that found everything in place, and
+    /// when: a poke with the same sources within [`RECHECK`] reads nothing.
+    settled: parking_lot::Mutex<Option<(Vec<log_agent::LogSource>, std::time::Instant)>>,
 }
+
+/// How often the agent's objects are read back when nothing changed.
+const RECHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
@@ -60,13 +66,24 @@ pub async fn run(ctx: Arc<Context>, namespace: String) {
         }
         // Let a burst of environment passes land first.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        match sync(&ctx, &namespace).await {
-            Ok(sources) => {
+        let sources = sources(&ctx);
+        let settled = ctx.telemetry.log_agent.settled.lock().clone();
+        if settled.is_some_and(|(s, at)| s == sources && at.elapsed() < RECHECK) {
+            // Environment passes poke on every resync: the same sources,
+            // checked less than a minute ago, need no reads.
+            wait = RECHECK;
+            continue;
+        }
+        match sync(&ctx, &namespace, &sources).await {
+            Ok(n) => {
                 backoff = Duration::from_secs(1);
-                ctx.metrics.log_agent_sources.set(sources as i64);
-                wait = Duration::from_secs(60);
+                ctx.metrics.log_agent_sources.set(n as i64);
+                *ctx.telemetry.log_agent.settled.lock() =
+                    Some((sources, std::time::Instant::now()));
+                wait = RECHECK;
             }
             Err(error) => {
+                *ctx.telemetry.log_agent.settled.lock() = None;
                 warn!(error = ?error, retry_in = ?backoff, "pod-log agent sync failed");
                 wait = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -98,8 +115,11 @@ fn sources(ctx: &Context) -> Vec<log_agent::LogSource> {
 }
 
 /// One pass: returns how many environments the agent reads.
-async fn sync(ctx: &Context, namespace: &str) -> Result<usize, SyncError> {
-    let sources = sources(ctx);
+async fn sync(
+    ctx: &Context,
+    namespace: &str,
+    sources: &[log_agent::LogSource],
+) -> Result<usize, SyncError> {
     let daemon_sets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
@@ -111,15 +131,17 @@ async fn sync(ctx: &Context, namespace: &str) -> Result<usize, SyncError> {
     };
     let observed_ds = daemon_sets.get_opt(AGENT_NAME).await.map_err(Error::Kube)?;
     let observed_cm = config_maps.get_opt(AGENT_NAME).await.map_err(Error::Kube)?;
+    let observed_sa = accounts.get_opt(AGENT_NAME).await.map_err(Error::Kube)?;
     if [
         observed_ds.as_ref().map(|d| d.labels()),
         observed_cm.as_ref().map(|c| c.labels()),
+        observed_sa.as_ref().map(|a| a.labels()),
     ]
     .into_iter()
     .flatten()
     .any(|l| !ours(l))
     {
-        warn!(%namespace, "a DaemonSet or ConfigMap named {AGENT_NAME} there is not Mahler's; pod logs are not collected");
+        warn!(%namespace, "a DaemonSet, ConfigMap or ServiceAccount named {AGENT_NAME} there is not Mahler's; pod logs are not collected");
         return Ok(0);
     }
     if sources.is_empty() {
@@ -129,22 +151,19 @@ async fn sync(ctx: &Context, namespace: &str) -> Result<usize, SyncError> {
         if observed_cm.is_some() {
             apply::delete_named::<ConfigMap>(ctx, Some(namespace), AGENT_NAME).await?;
         }
-        if accounts
-            .get_opt(AGENT_NAME)
-            .await
-            .map_err(Error::Kube)?
-            .is_some()
-        {
+        if observed_sa.is_some() {
             apply::delete_named::<ServiceAccount>(ctx, Some(namespace), AGENT_NAME).await?;
         }
         return Ok(0);
     }
-    let yaml = telemetry::config_yaml(&log_agent::render_config(&sources, POD_LOG_ROOT));
+    let yaml = telemetry::config_yaml(&log_agent::render_config(sources, POD_LOG_ROOT));
     let agent = log_agent::desired_agent(namespace, &ctx.telemetry.settings.collector_image, &yaml);
     let cm_observed = apply::whole(observed_cm.as_ref());
     let ds_observed = apply::whole(observed_ds.as_ref());
+    let sa_observed = apply::whole(observed_sa.as_ref());
     if !apply::would_write(&agent.config_map, &cm_observed)?
         && !apply::would_write(&agent.daemon_set, &ds_observed)?
+        && !apply::would_write(&agent.service_account, &sa_observed)?
     {
         debug!(sources = sources.len(), "pod-log agent up to date");
         return Ok(sources.len());
@@ -162,8 +181,7 @@ async fn sync(ctx: &Context, namespace: &str) -> Result<usize, SyncError> {
             return Err(SyncError::Validate(e));
         }
     }
-    let account = accounts.get_opt(AGENT_NAME).await.map_err(Error::Kube)?;
-    apply::apply(ctx, agent.service_account, apply::whole(account.as_ref())).await?;
+    apply::apply(ctx, agent.service_account, sa_observed).await?;
     apply::apply(ctx, agent.config_map, cm_observed).await?;
     apply::apply(ctx, agent.daemon_set, ds_observed).await?;
     info!(%namespace, sources = sources.len(), config = %telemetry::config_hash(&yaml), "pod-log agent applied");

@@ -193,7 +193,7 @@ impl Default for Metrics {
         let tofu_jobs_waiting = Gauge::default();
         registry.register(
             "tofu_jobs_waiting",
-            "Terraform engine jobs waiting for a run slot (--tofu-parallelism)",
+            "Terraform engine jobs and template validations waiting for a run slot (--tofu-parallelism)",
             tofu_jobs_waiting.clone(),
         );
         Metrics {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service as KubeService, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
 use kube::{Resource, ResourceExt};
@@ -209,6 +210,13 @@ pub(crate) async fn apply(ctx: &Context, env: &Environment) -> Result<Option<Ver
         owned(&ctx.caches.kube_services, &ns, &uid).into(),
     )
     .await?;
+    // Its hole in the environment's default-deny policy.
+    apply::apply(
+        ctx,
+        telemetry::collector_policy(env, t, this.settings.log_agent_namespace.as_deref()),
+        owned(&ctx.caches.network_policies, &ns, &uid).into(),
+    )
+    .await?;
     let replicas = t.collector.as_ref().and_then(|c| c.replicas).unwrap_or(1);
     let wrote = apply::apply(ctx, c.deployment, observed_deploy.clone().into()).await?;
     let rollout = match (&observed_deploy, wrote) {
@@ -300,6 +308,7 @@ async fn remove(ctx: &Context, ns: &str, uid: &str) -> Result<(), Error> {
     }
     gone::<Deployment>(ctx, &ctx.caches.deployments, ns, uid).await?;
     gone::<KubeService>(ctx, &ctx.caches.kube_services, ns, uid).await?;
+    gone::<NetworkPolicy>(ctx, &ctx.caches.network_policies, ns, uid).await?;
     gone::<ConfigMap>(ctx, &ctx.caches.config_maps, ns, uid).await?;
     gone::<RoleBinding>(ctx, &ctx.caches.role_bindings, ns, uid).await?;
     gone::<ServiceAccount>(ctx, &ctx.caches.service_accounts, ns, uid).await?;

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, HostPathVolumeSource, PodSpec, PodTemplateSpec,
-    ResourceRequirements, ServiceAccount, Toleration, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, HostPathVolumeSource, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -207,6 +207,21 @@ pub fn desired_agent(namespace: &str, image: &str, yaml: &str) -> Agent {
         }),
         readiness_probe: Some(readiness),
         liveness_probe: Some(liveness),
+        // The kubelet's log files are root's, mode 0640 (containerd,
+        // CRI-O); the image's own user (10001) cannot read them. Root, but
+        // nothing else: no capabilities, no escalation, a read-only root.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "config".into(),

@@ -23,6 +23,10 @@ use k8s_openapi::api::core::v1::{
     SecretKeySelector, SecretVolumeSource, Service as KubeService, ServiceAccount, ServicePort,
     ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -692,6 +696,69 @@ pub fn desired_collector(
     }
 }
 
+/// The hole in the environment's default-deny policy for its collector:
+/// OTLP from the namespace's own pods (the Services it serves), OTLP/gRPC
+/// from the pod-log agent's pods in `log_agent_namespace`, and the
+/// Prometheus port (when on) from anywhere, for the scraper.
+pub fn collector_policy(
+    env: &Environment,
+    t: &TelemetrySpec,
+    log_agent_namespace: Option<&str>,
+) -> NetworkPolicy {
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }]),
+        ports: Some(vec![port(OTLP_GRPC_PORT), port(OTLP_HTTP_PORT)]),
+    }];
+    if let Some(ns) = log_agent_namespace {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        ns.to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "app.kubernetes.io/name".to_string(),
+                        crate::log_agent::AGENT_NAME.to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: Some(vec![port(OTLP_GRPC_PORT)]),
+        });
+    }
+    if let Some(p) = t.exporter.as_ref().and_then(|e| e.prometheus.as_ref()) {
+        ingress.push(NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(vec![port(p.port.unwrap_or(PROMETHEUS_PORT))]),
+        });
+    }
+    NetworkPolicy {
+        metadata: meta(env),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector()),
+                ..Default::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
+    }
+}
+
 /// The `OTEL_*` variables of `svc`'s pods in `env` (empty without
 /// telemetry, or when the Service opts out). They depend on the collector's
 /// address and the Service's identity only, so a change of the collector's
@@ -751,6 +818,53 @@ mod tests {
         DebugExporter, EnvironmentSpec, OtlpHeader, OtlpTls, PrometheusExporter, ServiceTelemetry,
         TelemetryExporter, TelemetrySampling,
     };
+
+    #[test]
+    fn the_collector_policy_admits_the_namespace_the_agent_and_the_scraper() {
+        let t = TelemetrySpec {
+            exporter: Some(TelemetryExporter {
+                prometheus: Some(PrometheusExporter { port: Some(9464) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = collector_policy(&env(t.clone()), &t, Some("mahler-system"));
+        let spec = p.spec.unwrap();
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 3);
+        let ports = |i: usize| -> Vec<IntOrString> {
+            rules[i]
+                .ports
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter_map(|p| p.port)
+                .collect()
+        };
+        assert_eq!(ports(0), [IntOrString::Int(4317), IntOrString::Int(4318)]);
+        let agent = &rules[1].from.as_ref().unwrap()[0];
+        assert_eq!(
+            agent
+                .namespace_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["kubernetes.io/metadata.name"],
+            "mahler-system"
+        );
+        assert_eq!(ports(2), [IntOrString::Int(9464)]);
+        assert!(
+            rules[2].from.is_none(),
+            "the scraper may come from anywhere"
+        );
+        let none = collector_policy(
+            &env(otlp("otel:4317", None)),
+            &otlp("otel:4317", None),
+            None,
+        );
+        assert_eq!(none.spec.unwrap().ingress.unwrap().len(), 1);
+    }
 
     fn env(t: TelemetrySpec) -> Environment {
         let mut e = Environment::new(

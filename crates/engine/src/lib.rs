@@ -451,14 +451,25 @@ impl Engine {
         env
     }
 
+    /// A run slot, counted as waiting while it is awaited (also when the
+    /// wait is cancelled).
+    async fn slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        struct Waiting<'a>(&'a dyn RunObserver);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.slot_wait(false);
+            }
+        }
+        self.observer.slot_wait(true);
+        let _waiting = Waiting(self.observer.as_ref());
+        self.slots.acquire().await.expect("semaphore never closed")
+    }
+
     async fn execute(&self, key: &str, ws: Workspace, kind: JobKind) -> JobResult {
         let started = Timestamp::now();
         let clock = Instant::now();
         let mut notes = Vec::new();
-        self.observer.slot_wait(true);
-        let permit = self.slots.acquire().await;
-        self.observer.slot_wait(false);
-        let _permit = permit.expect("semaphore never closed");
+        let _permit = self.slot().await;
         let outcome = match self.steps(&ws, &kind, &mut notes).await {
             Ok(o) => o,
             Err(failure) => Outcome::Failed(failure),
@@ -495,7 +506,7 @@ impl Engine {
         template: &str,
         module: &BTreeMap<String, String>,
     ) -> Result<(), ValidateError> {
-        let _permit = self.slots.acquire().await.expect("semaphore never closed");
+        let _permit = self.slot().await;
         let dir = self.cfg.workdir.join("templates").join(template);
         let ws = Workspace {
             files: module.clone(),
