@@ -71,8 +71,9 @@ fn connection_yaml(ns: &str, name: &str, from: &str, to: &str, port: i32) -> Str
     )
 }
 
-fn pod_env(d: &Deployment) -> BTreeMap<String, String> {
-    d.spec
+/// The first container of a Deployment's pod template.
+fn first_container(d: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &d.spec
         .as_ref()
         .unwrap()
         .template
@@ -80,6 +81,10 @@ fn pod_env(d: &Deployment) -> BTreeMap<String, String> {
         .as_ref()
         .unwrap()
         .containers[0]
+}
+
+fn pod_env(d: &Deployment) -> BTreeMap<String, String> {
+    first_container(d)
         .env
         .iter()
         .flatten()
@@ -151,15 +156,7 @@ async fn examples_become_ready_with_exactly_the_specified_objects() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let api = deployments.get("api").await.unwrap();
     assert_eq!(api.spec.as_ref().unwrap().replicas, Some(2));
-    let c = &api
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let c = first_container(&api);
     assert_eq!(c.image.as_deref(), Some("registry.example/shop/api:1.4.2"));
     assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
     assert_eq!(

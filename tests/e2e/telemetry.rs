@@ -22,7 +22,7 @@ use mahler_core::telemetry;
 use mahler_engine::otelcol::{ValidateError, Validator};
 
 use super::harness::{env, free_port, is_ready, shared, wait_deleted, wait_for};
-use super::{env_conditions, pod_env, service_yaml};
+use super::{env_conditions, first_container, pod_env, service_yaml};
 
 fn environment_yaml(ns: &str, project: &str, telemetry: &str) -> String {
     format!(
@@ -369,15 +369,7 @@ async fn collector_rolls_out_each_real_change_once_and_never_an_invalid_one() {
     .await;
     let d = deployments.get(COLLECTOR_NAME).await.unwrap();
     assert_eq!(generation(&d), gen1 + 2);
-    let container = &d
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let container = first_container(&d);
     let header = &container.env.as_ref().unwrap()[0];
     assert_eq!(header.name, "MAHLER_OTLP_HEADER_0");
     assert_eq!(
