@@ -512,24 +512,8 @@ fn pem(certs: &[Vec<u8>]) -> String {
     out
 }
 
-/// One line for a Kubernetes client error: the API server's message and
-/// code rather than the `Status { .. }` dump, or the error with its causes.
-pub fn brief(error: &kube::Error) -> String {
-    if let kube::Error::Api(status) = error {
-        return format!("{} (HTTP {})", status.message, status.code);
-    }
-    let mut line = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        // kube's errors often repeat their source in their own text.
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-        source = cause.source();
-    }
-    line.replace('\n', " ")
-}
+/// One line for a Kubernetes client error (the controllers' own helper).
+pub use mahler_controller::kube_message as brief;
 
 fn leader_election_error(args: &Args, source: kube_lease_manager::LeaseManagerError) -> Error {
     let lease = format!("{}/{}", args.lease_namespace, args.lease_name);

@@ -234,7 +234,11 @@ fn metric_names_skip_labels_and_groupings() {
 fn operator_metrics_the_dashboard_queries_exist() {
     // Labelled families show in the exposition once they have a series.
     let m = mahler_controller::metrics::Metrics::default();
-    m.reconciled("Service", Duration::from_millis(3), true);
+    m.reconciled(
+        "Service",
+        Duration::from_millis(3),
+        mahler_controller::metrics::Outcome::Ok,
+    );
     m.failed("Service", "conflict");
     m.wrote("Deployment", "apply");
     m.tofu_run("Apply", "Applied", Duration::from_secs(2));

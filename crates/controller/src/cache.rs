@@ -225,8 +225,7 @@ impl Caches {
             watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
         let w = wake.clone();
         let namespaces = feed(
-            Api::all(client.clone()),
-            managed.clone(),
+            watcher(Api::all(client.clone()), managed.clone()).default_backoff(),
             writers.namespaces,
             move |ns: &Namespace| routes::namespace_changed(ns, &w),
         );
@@ -316,20 +315,21 @@ fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {
 }
 
 /// Drives one watch into its cache, calling `route` for every object touched
-/// (applied or deleted) after the cache has been updated.
-pub fn feed<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// (applied or deleted) after the cache has been updated. Never waits on
+/// its consumers: `route` only sends on unbounded channels, so a slow
+/// controller cannot stall the watch (and freeze the cache) behind it.
+pub fn feed<K, S>(
+    watch: S,
     writer: Writer<K>,
     route: impl Fn(&K) + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
 {
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    watcher(api, config)
-        .default_backoff()
+    watch
         .modify(|obj| {
             // Caches hold what reconcilers read, not the write history.
             obj.meta_mut().managed_fields = None;
@@ -337,12 +337,12 @@ where
                 a.remove("kubectl.kubernetes.io/last-applied-configuration");
             }
         })
-        .reflect_shared(writer)
+        .reflect(writer)
         .touched_objects()
         .for_each(move |res| {
             match res {
                 Ok(obj) => route(&obj),
-                Err(error) => warn!(%kind, %error, "watch error; retrying with backoff"),
+                Err(error) => warn!(%kind, error = %super::one_line(&error), "watch error; retrying with backoff"),
             }
             future::ready(())
         })
@@ -401,7 +401,9 @@ where
                     }
                 }
             }
-            Err(error) => warn!(%kind, %error, "watch error; retrying with backoff"),
+            Err(error) => {
+                warn!(%kind, error = %super::one_line(&error), "watch error; retrying with backoff")
+            }
         }
         future::ready(())
     })

@@ -320,7 +320,7 @@ pub async fn run(
             .for_each(move |event| {
                 match event {
                     Ok(_) => mesh.poke(),
-                    Err(error) => warn!(%error, "EndpointSlice watch"),
+                    Err(error) => warn!(error = %super::one_line(&error), "EndpointSlice watch"),
                 }
                 futures::future::ready(())
             })

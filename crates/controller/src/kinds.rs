@@ -16,7 +16,7 @@ use futures::future::{BoxFuture, Shared};
 use kube::api::ApiResource;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use mahler_api::{Connection, Environment, Project, ResourceTemplate, Service};
 use serde::de::DeserializeOwned;
@@ -150,9 +150,7 @@ impl Registry {
     }
 
     fn add<K: Kind>(&mut self) {
-        const BUFFER: usize = 1024;
-        let (store, writer) = reflector::store_shared::<Guarded<K>>(BUFFER);
-        let subscription = writer.subscribe().expect("a shared store");
+        let (store, writer) = reflector::store::<Guarded<K>>();
         let (tx, rx) = mpsc::unbounded_channel::<ObjectRef<Guarded<K>>>();
         self.caches.add::<K>(store.clone());
         self.resources.push(ApiResource::erase::<K>(&()));
@@ -169,31 +167,34 @@ impl Registry {
             }),
         );
         self.typed.insert(TypeId::of::<K>(), Box::new(tx.clone()));
+        let own = tx.clone();
         self.feeds.push(Box::new(move |running: Running| {
             let Running {
                 client,
                 caches,
                 triggers,
             } = running;
-            Box::pin(cache::feed(
-                Api::<Guarded<K>>::all(client),
-                watcher::Config::default(),
-                writer,
-                move |obj: &Guarded<K>| K::wakes(obj, &caches, &mut |w| triggers.wake(w)),
-            ))
+            let watch = watcher(Api::<Guarded<K>>::all(client), watcher::Config::default())
+                .default_backoff();
+            Box::pin(feed_kind(watch, writer, own, move |obj: &Guarded<K>| {
+                K::wakes(obj, &caches, &mut |w| triggers.wake(w))
+            }))
         }));
         self.controllers
             .push(Box::new(move |ctx: Arc<Context>, config, shutdown| {
                 let period = ctx.settings.resync;
                 let resync = tokio::spawn(resync(store.clone(), tx, period));
                 Box::pin(async move {
-                    Controller::for_shared_stream(subscription, store)
-                        .with_config(config)
-                        .reconcile_on(UnboundedReceiverStream::new(rx))
-                        .graceful_shutdown_on(shutdown)
-                        .run(super::reconcile::<K>, super::error_policy::<K>, ctx)
-                        .for_each(|_| futures::future::ready(()))
-                        .await;
+                    control(
+                        store,
+                        rx,
+                        config,
+                        shutdown,
+                        super::reconcile::<K>,
+                        super::error_policy::<K>,
+                        ctx,
+                    )
+                    .await;
                     resync.abort();
                 })
             }));
@@ -245,6 +246,64 @@ impl Default for Registry {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Feeds a kind's watch into its store. Every change the store now shows
+/// asks for the object's own reconcile (a deletion does not: the object is
+/// gone from the store, and its children carry owner references for the
+/// garbage collector); then `route` wakes the objects related to it.
+fn feed_kind<K, S>(
+    watch: S,
+    writer: reflector::store::Writer<K>,
+    own: Trigger<K>,
+    route: impl Fn(&K) + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+{
+    let store = writer.as_reader();
+    cache::feed(watch, writer, move |obj: &K| {
+        let r = ObjectRef::from_obj(obj);
+        if store.get(&r).is_some() {
+            // A closed channel means the controller stopped (shutdown).
+            let _ = own.send(r);
+        }
+        route(obj)
+    })
+}
+
+/// Runs a kind's controller until `shutdown`, then drains. `requests` is
+/// its only input: the object's own changes ([`feed_kind`]), the re-trigger
+/// graph's wakes and the resync all arrive there.
+///
+/// Not a shared store's subscription: kube's `ReflectHandle` answers
+/// `Pending` without arranging a wake-up when the object it was told about
+/// has already left the store (applied, then deleted before the controller
+/// read the notice). The controller's stream set never polled it again, its
+/// bounded buffer filled, and the watch blocked behind it: that kind's cache
+/// froze, deleted objects stayed in it and new ones never arrived (issue
+/// 21). An unbounded channel the feed never waits on cannot do that.
+async fn control<K, Ctx, Fut>(
+    store: Store<K>,
+    requests: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    reconcile: impl FnMut(Arc<K>, Arc<Ctx>) -> Fut,
+    error_policy: impl Fn(Arc<K>, &Fut::Error, Arc<Ctx>) -> Action,
+    ctx: Arc<Ctx>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Fut: futures::TryFuture<Ok = Action> + Send + 'static,
+    Fut::Error: std::error::Error + Send + 'static,
+{
+    Controller::for_stream(futures::stream::pending(), store)
+        .with_config(config)
+        .reconcile_on(UnboundedReceiverStream::new(requests))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 /// Sends every cached object of a kind to its controller once per `period`,
@@ -327,6 +386,98 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    fn config_map(name: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.namespace = Some("ns".into());
+        cm
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    /// Issue 21: an object applied and deleted before its controller read
+    /// the change used to wedge the kind: the controller stopped hearing of
+    /// changes, the watch blocked behind it after 1,024 more, and the cache
+    /// froze (deleted objects stayed, new ones never came). Through the
+    /// feed and controller the registry runs, every later object is still
+    /// reconciled and the cache follows every event.
+    #[tokio::test]
+    async fn an_object_deleted_before_its_controller_saw_it_wedges_nothing() {
+        const LATER: usize = 3_000;
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let (events, watch) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let routed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = routed.clone();
+        tokio::spawn(feed_kind(
+            UnboundedReceiverStream::new(watch),
+            writer,
+            tx,
+            move |_: &ConfigMap| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            },
+        ));
+        let reconciled = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let seen = reconciled.clone();
+        tokio::spawn(control(
+            store.clone(),
+            rx,
+            ControllerConfig::default(),
+            futures::future::pending(),
+            move |cm: Arc<ConfigMap>, _: Arc<()>| {
+                seen.lock()
+                    .push(cm.metadata.name.clone().unwrap_or_default());
+                futures::future::ready(Ok::<_, Never>(Action::await_change()))
+            },
+            |_, _, _| Action::await_change(),
+            Arc::new(()),
+        ));
+        let send = |e: Event<ConfigMap>| events.send(Ok(e)).expect("feed running");
+        send(Event::Init);
+        send(Event::InitDone);
+        // Applied and deleted in one burst: gone before the controller runs.
+        send(Event::Apply(config_map("gone")));
+        send(Event::Delete(config_map("gone")));
+        for i in 0..LATER {
+            send(Event::Apply(config_map(&format!("later-{i}"))));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = reconciled
+                .lock()
+                .iter()
+                .filter(|n| n.starts_with("later-"))
+                .count();
+            if done == LATER {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {done} of {LATER} later objects were reconciled; cache holds {}",
+                store.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.len(), LATER, "the cache follows every event");
+        assert_eq!(routed.load(std::sync::atomic::Ordering::Relaxed), LATER + 2);
+        assert!(!reconciled.lock().iter().any(|n| n == "gone"));
+        // A deletion now leaves the cache at once, and a new object still
+        // reaches the controller.
+        send(Event::Delete(config_map("later-0")));
+        send(Event::Apply(config_map("last")));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !reconciled.lock().iter().any(|n| n == "last") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "last was not reconciled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(store.get(&ObjectRef::new("later-0").within("ns")).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,6 +27,7 @@ pub mod kinds;
 pub mod log_agent;
 pub mod metrics;
 mod project;
+pub mod retry;
 pub mod routes;
 mod service;
 pub mod status;
@@ -35,22 +36,21 @@ mod template;
 pub mod template_service;
 pub mod terraform_identity;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backoff::backoff::Backoff;
-use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::api::{Api, ApiResource};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, Resource};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use cache::Caches;
 pub use child::{Child, ChildKind, ChildStore};
@@ -83,9 +83,12 @@ pub struct Context {
     state: StateAccess,
     /// Re-triggers a Service's reconcile.
     pub service_trigger: Trigger<Guarded<Service>>,
-    /// Per object: the backoff of its failing passes, and the last error
-    /// reported on it (reported again only when it changes).
-    failing: Mutex<HashMap<String, (ExponentialBackoff, String)>>,
+    /// Per object: the backoff of its failing passes, held against every
+    /// re-trigger, and the last error reported on it.
+    retries: retry::Retries,
+    /// Objects found deleted by their own writes' 404 before the cache
+    /// dropped them.
+    gone: retry::Gone,
     reported_invalid: Mutex<HashSet<String>>,
     /// Status writes the cache does not show yet.
     pub written: status::Written,
@@ -171,16 +174,103 @@ impl Error {
         }
     }
 
-    /// The message with its whole source chain, `: `-joined.
+    /// The message with its whole source chain, `: `-joined, on one line
+    /// (see [`one_line`]).
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
+        one_line(self)
+    }
+
+    /// Whether this is the API server saying that `name` of `resource`
+    /// itself does not exist (a `404` naming it), as opposed to a `404` for
+    /// something else the pass touched (a namespace, a child).
+    pub fn is_not_found(&self, resource: &ApiResource, name: &str) -> bool {
+        let Error::Kube(kube::Error::Api(status)) = self else {
+            return false;
+        };
+        if status.code != 404 {
+            return false;
         }
-        text
+        match &status.details {
+            Some(d) if !d.name.is_empty() => {
+                d.name == name && d.kind == resource.plural && d.group == resource.group
+            }
+            // No details: the message the API server writes for it.
+            _ => status.message == not_found_message(resource, name),
+        }
+    }
+}
+
+/// `connections.mahler.dev "t4070" not found`, as the API server says it.
+fn not_found_message(resource: &ApiResource, name: &str) -> String {
+    if resource.group.is_empty() {
+        format!("{} \"{name}\" not found", resource.plural)
+    } else {
+        format!(
+            "{}.{} \"{name}\" not found",
+            resource.plural, resource.group
+        )
+    }
+}
+
+/// An error and its sources, `: `-joined on one line, with the API server's
+/// answer as its message (`connections.mahler.dev "t4070" not found`), not
+/// kube's `Display` of it (which appends the whole `Status { .. }` dump).
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(kube) = e.downcast_ref::<kube::Error>() {
+            parts.push(kube_message(kube));
+            break;
+        }
+        if let Some(watch) = e.downcast_ref::<watcher::Error>() {
+            use watcher::Error as W;
+            let (what, inner) = match watch {
+                W::InitialListFailed(inner) => ("initial list", inner),
+                W::WatchStartFailed(inner) => ("starting the watch", inner),
+                W::WatchFailed(inner) => ("watch", inner),
+                W::WatchError(status) => {
+                    parts.push(format!("watch: {}", status_message(status)));
+                    break;
+                }
+                W::NoResourceVersion => {
+                    parts.push(watch.to_string());
+                    break;
+                }
+            };
+            parts.push(format!("{what}: {}", kube_message(inner)));
+            break;
+        }
+        parts.push(e.to_string());
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// One line for a Kubernetes client error: the API server's message for an
+/// API error, not kube's `Status { .. }` dump; otherwise the error with its
+/// causes (kube's errors often repeat their source in their own text).
+pub fn kube_message(error: &kube::Error) -> String {
+    if let kube::Error::Api(status) = error {
+        return status_message(status);
+    }
+    let mut line = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
+fn status_message(status: &kube::core::Status) -> String {
+    match (status.message.is_empty(), status.reason.is_empty()) {
+        (false, _) => status.message.clone(),
+        (true, false) => format!("{} ({})", status.reason, status.code),
+        (true, true) => format!("HTTP {}", status.code),
     }
 }
 
@@ -208,40 +298,11 @@ impl Context {
             settings,
             engine,
             service_trigger,
-            failing: Mutex::default(),
+            retries: retry::Retries::default(),
+            gone: retry::Gone::default(),
             reported_invalid: Mutex::default(),
             written: status::Written::default(),
             mesh: None,
-        }
-    }
-
-    /// Requeue delay after a failed pass: exponential per object, 1 s to 5
-    /// min; and whether `message` is news for this object (not the error
-    /// its last failed pass reported).
-    fn failed(&self, key: String, message: &str) -> (Duration, bool) {
-        let mut failing = self.failing.lock();
-        let (backoff, last) = failing.entry(key).or_insert_with(|| {
-            let backoff = ExponentialBackoffBuilder::new()
-                .with_initial_interval(Duration::from_secs(1))
-                .with_max_interval(Duration::from_secs(300))
-                .with_max_elapsed_time(None)
-                .build();
-            (backoff, String::new())
-        });
-        let news = last != message;
-        if news {
-            *last = message.to_string();
-        }
-        (
-            backoff.next_backoff().unwrap_or(Duration::from_secs(300)),
-            news,
-        )
-    }
-
-    fn succeeded(&self, key: &str) {
-        let mut failing = self.failing.lock();
-        if !failing.is_empty() {
-            failing.remove(key);
         }
     }
 
@@ -296,20 +357,54 @@ pub fn engine_cluster(client: Client) -> Arc<dyn mahler_engine::Cluster> {
 }
 
 /// One reconcile of any kind: decode, run its pass, count it.
+///
+/// Before the pass: an object known to be deleted ends at once, and a
+/// failing object inside its backoff is held for the rest of it (see
+/// [`retry`]). After it: a pass whose own write met a `404` for the object
+/// itself ends quietly as done (the cache still showed an object that was
+/// deleted: no retry, no Warning, nothing more to write).
 async fn reconcile<K: Kind>(guard: Arc<Guarded<K>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let kind = K::kind(&());
+    let meta = guard.meta();
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    let now = Instant::now();
+    if ctx.gone.contains(uid, now) {
+        return Ok(Action::await_change());
+    }
+    let key = key_of(&kind, guard.as_ref());
+    if let Some(wait) = ctx.retries.hold(&key, retry::Revision::of(meta), now) {
+        ctx.metrics.deferred(&kind);
+        return Ok(Action::requeue(wait));
+    }
     let obj = match decoded(&ctx, &guard).await {
         Ok(obj) => obj,
         Err(action) => return Ok(action),
     };
-    let kind = K::kind(&());
     let started = Instant::now();
     let in_flight = ctx.metrics.in_flight(&kind);
     let result = obj.pass(&ctx).await;
     drop(in_flight);
-    ctx.metrics
-        .reconciled(&kind, started.elapsed(), result.is_ok());
+    let resource = ApiResource::erase::<K>(&());
+    let result = match result {
+        Err(error) if error.is_not_found(&resource, &obj.name_any()) => {
+            debug!(%kind, name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), "deleted while reconciling; done");
+            ctx.gone.insert(uid, Instant::now());
+            ctx.written.forget(uid);
+            ctx.metrics
+                .reconciled(&kind, started.elapsed(), metrics::Outcome::Gone);
+            ctx.retries.succeeded(&key);
+            return Ok(Action::await_change());
+        }
+        other => other,
+    };
+    let outcome = if result.is_ok() {
+        metrics::Outcome::Ok
+    } else {
+        metrics::Outcome::Error
+    };
+    ctx.metrics.reconciled(&kind, started.elapsed(), outcome);
     if result.is_ok() {
-        ctx.succeeded(&key_of(&kind, obj));
+        ctx.retries.succeeded(&key);
     }
     result
 }
@@ -348,10 +443,13 @@ where
     conditions.apply(&health, meta.generation);
     let resource = ApiResource::erase::<K>(&());
     let status = serde_json::json!({"conditions": conditions.into_vec()});
-    if let Err(error) =
-        status::apply_status(ctx, &resource, meta.namespace.as_deref(), &name, &status).await
-    {
-        warn!(error = %error.chain(), %name, "could not report an undecodable object");
+    match status::apply_status(ctx, &resource, meta.namespace.as_deref(), &name, &status).await {
+        Ok(()) => {}
+        // Deleted meanwhile: nothing to report on.
+        Err(error) if error.is_not_found(&resource, &name) => return Err(Action::await_change()),
+        Err(error) => {
+            warn!(error = %error.chain(), %name, "could not report an undecodable object")
+        }
     }
     let reference = reference_of::<K>(meta);
     status::event_on(
@@ -379,29 +477,39 @@ fn reference_of<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// The retry key of an object: kind, namespace, name and uid (an object
+/// recreated under the same name starts afresh).
 fn key_of<K: Resource<DynamicType = ()>>(kind: &str, obj: &K) -> String {
+    let meta = obj.meta();
     format!(
-        "{kind}/{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
+        "{kind}/{}/{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default()
     )
 }
 
-/// A failed pass: counted by category, retried with backoff, and reported
-/// on the object as a Warning Event (once per distinct error until a pass
-/// succeeds). Conflicts are routine under optimistic concurrency and are
-/// retried at once by the backoff: counted and logged, not reported.
+/// A failed pass: counted by category, retried with backoff (held against
+/// every re-trigger until it elapses: [`retry`]), logged on one line, and
+/// reported on the object as a Warning Event (once per distinct error until
+/// a pass succeeds). Conflicts are routine under optimistic concurrency:
+/// counted and logged, not reported.
 fn error_policy<K: Kind>(guard: Arc<Guarded<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     let kind = K::kind(&());
     let meta = guard.meta();
     let message = error.chain();
     ctx.metrics.failed(&kind, error.category());
-    let (delay, news) = ctx.failed(key_of(&kind, guard.as_ref()), &message);
+    let (delay, news) = ctx.retries.failed(
+        &key_of(&kind, guard.as_ref()),
+        retry::Revision::of(meta),
+        &message,
+        Instant::now(),
+    );
     warn!(%kind, name = meta.name.as_deref().unwrap_or_default(), namespace = meta.namespace.as_deref().unwrap_or_default(), error = %message, category = error.category(), retry_in = ?delay, "reconcile failed");
     if news && error.category() != "conflict" {
         let reference = reference_of::<K>(meta);
         let reason = error.event_reason();
-        let note = format!("{message} (retrying in {}s)", delay.as_secs());
+        let note = format!("{message} (retrying in {}s)", delay.as_secs().max(1));
         let ctx = ctx.clone();
         tokio::spawn(async move {
             status::event_on(&ctx, &reference, true, "Reconcile", reason, &note).await;
@@ -494,4 +602,67 @@ pub async fn run(
     }
     feeds_task.abort();
     info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mahler_api::Connection;
+
+    /// A Status as the API server sends it, decoded the way kube does.
+    fn api_error(status: serde_json::Value) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(
+            serde_json::from_value(status).expect("a Status"),
+        )))
+    }
+
+    fn connection_not_found(name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("connections.mahler.dev \"{name}\" not found"),
+            "reason": "NotFound",
+            "details": {"name": name, "group": "mahler.dev", "kind": "connections"},
+            "code": 404
+        })
+    }
+
+    #[test]
+    fn an_api_error_is_one_line_with_the_api_servers_message() {
+        let error = api_error(connection_not_found("t4070"));
+        assert_eq!(
+            error.chain(),
+            r#"Kubernetes API: connections.mahler.dev "t4070" not found"#
+        );
+        let watch = watcher::Error::WatchFailed(kube::Error::Api(Box::new(
+            serde_json::from_value(connection_not_found("t4070")).unwrap(),
+        )));
+        assert_eq!(
+            one_line(&watch),
+            r#"watch: connections.mahler.dev "t4070" not found"#
+        );
+        for text in [error.chain(), one_line(&watch)] {
+            assert!(!text.contains("Status {") && !text.contains('\n'), "{text}");
+        }
+    }
+
+    #[test]
+    fn only_a_404_naming_the_object_itself_means_it_is_gone() {
+        let connections = ApiResource::erase::<Connection>(&());
+        assert!(api_error(connection_not_found("t4070")).is_not_found(&connections, "t4070"));
+        // Another object's 404, the namespace's, or another code: not gone.
+        assert!(!api_error(connection_not_found("t4071")).is_not_found(&connections, "t4070"));
+        let namespace = serde_json::json!({
+            "status": "Failure", "message": "namespaces \"shop\" not found", "reason": "NotFound",
+            "details": {"name": "shop", "kind": "namespaces"}, "code": 404
+        });
+        assert!(!api_error(namespace).is_not_found(&connections, "shop"));
+        let mut conflict = connection_not_found("t4070");
+        conflict["code"] = 409.into();
+        assert!(!api_error(conflict).is_not_found(&connections, "t4070"));
+        // Without details, the API server's wording of it.
+        let mut bare = connection_not_found("t4070");
+        bare.as_object_mut().unwrap().remove("details");
+        assert!(api_error(bare).is_not_found(&connections, "t4070"));
+        assert!(!Error::MissingField("metadata.name").is_not_found(&connections, "t4070"));
+    }
 }

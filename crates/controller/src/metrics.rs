@@ -52,6 +52,8 @@ pub struct Metrics {
     /// `tofu` processes started (init, plan, apply, show, output, ...).
     pub tofu_processes: Counter,
     reconciles: Family<ResultLabels, Counter>,
+    /// Reconcile requests held by a failing object's backoff (no pass ran).
+    deferred: Family<KindLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram>,
     writes: Family<WriteLabels, Counter>,
@@ -77,6 +79,25 @@ pub struct Metrics {
 /// Counts a pass as in flight until dropped (also when the pass panics).
 pub struct InFlight(Gauge);
 
+/// How a reconcile pass ended: the `result` label of `mahler_reconciles_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    /// The object's own write met a `404`: it was deleted meanwhile.
+    Gone,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Gone => "gone",
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
@@ -93,6 +114,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mahler");
         let reconciles = Family::<ResultLabels, Counter>::default();
+        let deferred = Family::<KindLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -119,8 +141,13 @@ impl Default for Metrics {
         );
         registry.register(
             "reconciles",
-            "Reconcile passes by kind and result (ok, error)",
+            "Reconcile passes by kind and result (ok, error, gone: deleted while reconciling)",
             reconciles.clone(),
+        );
+        registry.register(
+            "reconciles_deferred",
+            "Reconcile requests for a failing object held until its backoff elapsed (no pass ran)",
+            deferred.clone(),
         );
         registry.register(
             "reconcile_errors",
@@ -211,6 +238,7 @@ impl Default for Metrics {
             tofu_run_seconds,
             tofu_processes,
             reconciles,
+            deferred,
             errors,
             durations,
             writes,
@@ -230,17 +258,25 @@ impl Metrics {
         InFlight(g)
     }
 
-    pub fn reconciled(&self, kind: &str, elapsed: Duration, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+    /// A pass ran to `outcome`.
+    pub fn reconciled(&self, kind: &str, elapsed: Duration, outcome: Outcome) {
         self.reconciles
             .get_or_create(&ResultLabels {
                 kind: kind.into(),
-                result: result.into(),
+                result: outcome.label().into(),
             })
             .inc();
         self.durations
             .get_or_create(&KindLabels { kind: kind.into() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A reconcile request for a failing object arrived inside its backoff
+    /// and was held for the rest of it (no pass ran).
+    pub fn deferred(&self, kind: &str) {
+        self.deferred
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     pub fn failed(&self, kind: &str, reason: &str) {
@@ -331,7 +367,7 @@ mod tests {
     #[test]
     fn counts_show_up_in_the_exposition() {
         let m = Metrics::default();
-        m.reconciled("Service", Duration::from_millis(3), true);
+        m.reconciled("Service", Duration::from_millis(3), Outcome::Ok);
         m.failed("Service", "kube_api");
         m.wrote("Deployment", "apply");
         let text = m.encode();

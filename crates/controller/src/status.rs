@@ -332,7 +332,9 @@ pub async fn event_on(
         Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("being terminated") => {
             tracing::debug!(object = %name, "no event: namespace terminating")
         }
-        Err(error) => tracing::warn!(%error, object = %name, "could not publish event"),
+        Err(error) => {
+            tracing::warn!(error = %super::kube_message(&error), object = %name, "could not publish event")
+        }
     }
 }
 
