@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench lint fmt clean validate-templates fuzz
+.PHONY: all build cli tools crds manifests image cluster cluster-down run stop test unit e2e bench soak lint fmt clean validate-templates fuzz
 .PHONY: openapi dashboard-preview
 
 all: build
@@ -58,6 +58,10 @@ unit:
 
 bench: tools
 	hack/bench.sh
+
+# Churn soak (docs/benchmarks.md, "Churn"): SOAK_MINUTES (15), SOAK_SERVICES (200).
+soak: tools
+	hack/soak.sh
 
 # With `make run` up: docs/images/dashboard-preview.png, the dashboard's
 # panels drawn from a real run's Prometheus data (docs/telemetry.md).

@@ -205,7 +205,12 @@ impl TestEnv {
                 "MAHLER_METRICS_ADDR",
                 format!("127.0.0.1:{}", self.metrics_port),
             )
-            .env("MAHLER_RESYNC_SECONDS", "2")
+            // 2 s, so tests see drift repaired quickly; `make soak` runs the
+            // operator's default (MAHLER_E2E_RESYNC_SECONDS=600).
+            .env(
+                "MAHLER_RESYNC_SECONDS",
+                std::env::var("MAHLER_E2E_RESYNC_SECONDS").unwrap_or_else(|_| "2".into()),
+            )
             .env("MAHLER_LEADER_ELECT", "true")
             // As the chart runs it: OpenTofu as each environment's own
             // ServiceAccount, bound to the chart's Terraform role.
@@ -238,6 +243,16 @@ impl TestEnv {
             .expect("start mahler-operator");
         std::fs::write(self.dir.join("operator.pid"), child.id().to_string()).expect("pid file");
         *self.operator.lock().unwrap() = Some(child);
+    }
+
+    /// The running operator's process id.
+    pub fn operator_pid(&self) -> u32 {
+        self.operator
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(Child::id)
+            .expect("the operator is running")
     }
 
     /// Kills the operator with SIGKILL (no graceful shutdown, no Lease release).

@@ -4,6 +4,7 @@
 
 mod access;
 mod chart;
+mod churn;
 mod cli;
 mod consul;
 mod gitops;

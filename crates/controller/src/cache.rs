@@ -228,6 +228,7 @@ impl Caches {
             watcher(Api::all(client.clone()), managed.clone()).default_backoff(),
             writers.namespaces,
             move |ns: &Namespace| routes::namespace_changed(ns, &w),
+            || {},
         );
         let deployments =
             child_feed::<Deployment, _>(&client, &managed, writers.deployments, &wake);
@@ -315,13 +316,16 @@ fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {
 }
 
 /// Drives one watch into its cache, calling `route` for every object touched
-/// (applied or deleted) after the cache has been updated. Never waits on
-/// its consumers: `route` only sends on unbounded channels, so a slow
-/// controller cannot stall the watch (and freeze the cache) behind it.
+/// (applied or deleted) after the cache has been updated, and `listed` once
+/// a (re)list has been swapped into the cache (its objects were routed as
+/// they came, before the cache showed them). Never waits on its consumers:
+/// they only send on unbounded channels, so a slow controller cannot stall
+/// the watch (and freeze the cache) behind it.
 pub fn feed<K, S>(
     watch: S,
-    writer: Writer<K>,
+    mut writer: Writer<K>,
     route: impl Fn(&K) + Send + 'static,
+    listed: impl Fn() + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -337,11 +341,18 @@ where
                 a.remove("kubectl.kubernetes.io/last-applied-configuration");
             }
         })
-        .reflect(writer)
-        .touched_objects()
-        .for_each(move |res| {
-            match res {
-                Ok(obj) => route(&obj),
+        .for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    writer.apply_watcher_event(&event);
+                    match &event {
+                        watcher::Event::Apply(o)
+                        | watcher::Event::Delete(o)
+                        | watcher::Event::InitApply(o) => route(o),
+                        watcher::Event::InitDone => listed(),
+                        watcher::Event::Init => {}
+                    }
+                }
                 Err(error) => warn!(%kind, error = %super::one_line(&error), "watch error; retrying with backoff"),
             }
             future::ready(())

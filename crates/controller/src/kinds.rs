@@ -251,7 +251,8 @@ impl Default for Registry {
 /// Feeds a kind's watch into its store. Every change the store now shows
 /// asks for the object's own reconcile (a deletion does not: the object is
 /// gone from the store, and its children carry owner references for the
-/// garbage collector); then `route` wakes the objects related to it.
+/// garbage collector), and so does every object of a (re)list once it is
+/// in the store; `route` wakes the objects related to each change.
 fn feed_kind<K, S>(
     watch: S,
     writer: reflector::store::Writer<K>,
@@ -263,14 +264,25 @@ where
     S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
 {
     let store = writer.as_reader();
-    cache::feed(watch, writer, move |obj: &K| {
-        let r = ObjectRef::from_obj(obj);
-        if store.get(&r).is_some() {
-            // A closed channel means the controller stopped (shutdown).
-            let _ = own.send(r);
-        }
-        route(obj)
-    })
+    let listed_store = store.clone();
+    let listed_own = own.clone();
+    // A closed channel means the controller stopped (shutdown).
+    cache::feed(
+        watch,
+        writer,
+        move |obj: &K| {
+            let r = ObjectRef::from_obj(obj);
+            if store.get(&r).is_some() {
+                let _ = own.send(r);
+            }
+            route(obj)
+        },
+        move || {
+            for obj in listed_store.state() {
+                let _ = listed_own.send(ObjectRef::from_obj(obj.as_ref()));
+            }
+        },
+    )
 }
 
 /// Runs a kind's controller until `shutdown`, then drains. `requests` is
@@ -437,7 +449,10 @@ mod tests {
             Arc::new(()),
         ));
         let send = |e: Event<ConfigMap>| events.send(Ok(e)).expect("feed running");
+        // The initial list: each listed object is reconciled once it is in the store.
         send(Event::Init);
+        send(Event::InitApply(config_map("listed-a")));
+        send(Event::InitApply(config_map("listed-b")));
         send(Event::InitDone);
         // Applied and deleted in one burst: gone before the controller runs.
         send(Event::Apply(config_map("gone")));
@@ -462,8 +477,11 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(store.len(), LATER, "the cache follows every event");
-        assert_eq!(routed.load(std::sync::atomic::Ordering::Relaxed), LATER + 2);
+        assert_eq!(store.len(), LATER + 2, "the cache follows every event");
+        assert_eq!(routed.load(std::sync::atomic::Ordering::Relaxed), LATER + 4);
+        for listed in ["listed-a", "listed-b"] {
+            assert!(reconciled.lock().iter().any(|n| n == listed), "{listed}");
+        }
         assert!(!reconciled.lock().iter().any(|n| n == "gone"));
         // A deletion now leaves the cache at once, and a new object still
         // reaches the controller.
