@@ -126,12 +126,10 @@ async fn churn_smoke() {
     )
     .await;
     println!("{report}");
-    report.check(Bounds {
-        // Other tests run beside this one on the same operator: its memory
-        // and descriptors are theirs too, so only gross growth counts here.
-        rss_growth: 2.0,
-        fd_growth: 64,
-    });
+    // Other tests run beside this one on the same operator: its memory and
+    // descriptors are theirs too, so they are reported, not bounded, here
+    // (the soak bounds them, alone on its cluster).
+    report.check(None);
 }
 
 /// `make soak`: N objects, T minutes of random churn, alone on a cluster
@@ -160,10 +158,10 @@ async fn soak() {
     let report = churn(env, &client, &ns, plan).await;
     println!("{report}");
     std::fs::write(env.dir.join("soak-report.txt"), report.to_string()).expect("report");
-    report.check(Bounds {
+    report.check(Some(Bounds {
         rss_growth: 1.25,
         fd_growth: 16,
-    });
+    }));
 }
 
 /// What a churn run does.
@@ -361,7 +359,7 @@ impl Report {
             .fold((0, 0), |(r, f), s| (r.max(s.rss_kib), f.max(s.fds)))
     }
 
-    fn check(&self, bounds: Bounds) {
+    fn check(&self, bounds: Option<Bounds>) {
         assert!(
             self.converged.is_ok(),
             "not converged 60 s after the churn: {}",
@@ -389,8 +387,13 @@ impl Report {
             worst <= bound,
             "{worst} failing writes in one minute (bound {bound})\n{self}"
         );
+        let Some(bounds) = bounds else { return };
         let (warm_rss, warm_fds) = self.peak(0.25, 0.5);
         let (end_rss, end_fds) = self.peak(0.75, 1.0);
+        assert!(
+            warm_rss > 0 && end_rss > 0,
+            "the operator's /proc entries could not be read\n{self}"
+        );
         assert!(
             (end_rss as f64) <= warm_rss as f64 * bounds.rss_growth,
             "RSS grew from {warm_rss} KiB to {end_rss} KiB\n{self}"

@@ -199,7 +199,11 @@ impl TestEnv {
             .append(true)
             .open(self.dir.join("operator.log"))
             .expect("operator log");
-        let child = Command::new(env!("CARGO_BIN_EXE_mahler-operator"))
+        // MAHLER_E2E_OPERATOR: another build of the operator, to measure
+        // it side by side with this one (docs/benchmarks.md, "Churn").
+        let binary = std::env::var("MAHLER_E2E_OPERATOR")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_mahler-operator").into());
+        let child = Command::new(binary)
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env(
                 "MAHLER_METRICS_ADDR",

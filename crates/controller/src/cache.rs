@@ -227,7 +227,7 @@ impl Caches {
         let namespaces = feed(
             watcher(Api::all(client.clone()), managed.clone()).default_backoff(),
             writers.namespaces,
-            move |ns: &Namespace| routes::namespace_changed(ns, &w),
+            move |ns: &Namespace, _| routes::namespace_changed(ns, &w),
             || {},
         );
         let deployments =
@@ -316,15 +316,15 @@ fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {
 }
 
 /// Drives one watch into its cache, calling `route` for every object touched
-/// (applied or deleted) after the cache has been updated, and `listed` once
-/// a (re)list has been swapped into the cache (its objects were routed as
-/// they came, before the cache showed them). Never waits on its consumers:
+/// (applied or deleted: `listing` false, once the cache shows the change;
+/// listed: `listing` true, before the cache shows the new list), and
+/// `listed` once a (re)list has been swapped into the cache. Never waits on its consumers:
 /// they only send on unbounded channels, so a slow controller cannot stall
 /// the watch (and freeze the cache) behind it.
 pub fn feed<K, S>(
     watch: S,
     mut writer: Writer<K>,
-    route: impl Fn(&K) + Send + 'static,
+    route: impl Fn(&K, bool) + Send + 'static,
     listed: impl Fn() + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -346,9 +346,8 @@ where
                 Ok(event) => {
                     writer.apply_watcher_event(&event);
                     match &event {
-                        watcher::Event::Apply(o)
-                        | watcher::Event::Delete(o)
-                        | watcher::Event::InitApply(o) => route(o),
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => route(o, false),
+                        watcher::Event::InitApply(o) => route(o, true),
                         watcher::Event::InitDone => listed(),
                         watcher::Event::Init => {}
                     }

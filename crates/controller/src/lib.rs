@@ -490,7 +490,8 @@ fn key_of<K: Resource<DynamicType = ()>>(kind: &str, obj: &K) -> String {
 }
 
 /// A failed pass: counted by category, retried with backoff (held against
-/// every re-trigger until it elapses: [`retry`]), logged on one line, and
+/// every re-trigger until it elapses, conflicts excepted: [`retry`]), logged
+/// on one line, and
 /// reported on the object as a Warning Event (once per distinct error until
 /// a pass succeeds). Conflicts are routine under optimistic concurrency:
 /// counted and logged, not reported.
@@ -499,14 +500,18 @@ fn error_policy<K: Kind>(guard: Arc<Guarded<K>>, error: &Error, ctx: Arc<Context
     let meta = guard.meta();
     let message = error.chain();
     ctx.metrics.failed(&kind, error.category());
+    // A conflict means the cache was behind: the watch event that brings
+    // the newer object runs the pass again at once, not after a hold.
+    let conflict = error.category() == "conflict";
     let (delay, news) = ctx.retries.failed(
         &key_of(&kind, guard.as_ref()),
         retry::Revision::of(meta),
         &message,
+        !conflict,
         Instant::now(),
     );
     warn!(%kind, name = meta.name.as_deref().unwrap_or_default(), namespace = meta.namespace.as_deref().unwrap_or_default(), error = %message, category = error.category(), retry_in = ?delay, "reconcile failed");
-    if news && error.category() != "conflict" {
+    if news && !conflict {
         let reference = reference_of::<K>(meta);
         let reason = error.event_reason();
         let note = format!("{message} (retrying in {}s)", delay.as_secs().max(1));

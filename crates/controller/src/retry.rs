@@ -29,7 +29,8 @@ const INITIAL: Duration = Duration::from_secs(1);
 const MAX: Duration = Duration::from_secs(300);
 /// An entry not refreshed for this long belongs to an object that stopped
 /// failing without a successful pass (it was deleted): dropped.
-const STALE: Duration = Duration::from_secs(2 * MAX.as_secs());
+/// (Three times the longest delay, 450 s with jitter, plus queueing.)
+const STALE: Duration = Duration::from_secs(3 * MAX.as_secs());
 /// Entries are swept for staleness when the map grows past this.
 const SWEEP_AT: usize = 256;
 
@@ -81,12 +82,15 @@ impl Retries {
     }
 
     /// Records a failed pass: how long until the next, and whether `message`
-    /// is news (not the error the object's last failure reported).
+    /// is news (not the error the object's last failure reported). With
+    /// `hold` false the delay is only the requeue's: a re-trigger (the
+    /// watch event bringing what the pass conflicted with) runs it at once.
     pub fn failed(
         &self,
         key: &str,
         revision: Revision,
         message: &str,
+        hold: bool,
         now: Instant,
     ) -> (Duration, bool) {
         let mut failing = self.0.lock();
@@ -109,7 +113,7 @@ impl Retries {
             entry.last_error = message.to_string();
         }
         let delay = entry.backoff.next_backoff().unwrap_or(MAX);
-        entry.not_before = now + delay;
+        entry.not_before = if hold { now + delay } else { now };
         entry.revision = revision;
         entry.at = now;
         (delay, news)
@@ -144,6 +148,10 @@ impl Gone {
     const TTL: Duration = Duration::from_secs(600);
 
     pub fn insert(&self, uid: &str, now: Instant) {
+        // Every stored object has a uid; without one there is nothing to key on.
+        if uid.is_empty() {
+            return;
+        }
         let mut gone = self.0.lock();
         if gone.len() >= SWEEP_AT {
             gone.retain(|_, at| now.saturating_duration_since(*at) < Self::TTL);
@@ -173,7 +181,7 @@ mod tests {
         let retries = Retries::default();
         let t0 = Instant::now();
         assert_eq!(retries.hold("a", REV, t0), None, "never failed: runs");
-        let (delay, news) = retries.failed("a", REV, "boom", t0);
+        let (delay, news) = retries.failed("a", REV, "boom", true, t0);
         assert!(news);
         // Randomised ±50 % around 1 s.
         assert!(delay >= Duration::from_millis(500) && delay <= Duration::from_millis(1500));
@@ -196,7 +204,7 @@ mod tests {
         let mut now = Instant::now();
         let mut delays = Vec::new();
         for _ in 0..30 {
-            let (delay, _) = retries.failed("a", REV, "boom", now);
+            let (delay, _) = retries.failed("a", REV, "boom", true, now);
             delays.push(delay);
             now += delay;
         }
@@ -205,7 +213,7 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= MAX + MAX / 2), "{delays:?}");
         assert!(delays[29] >= MAX / 2, "{delays:?}");
         retries.succeeded("a");
-        let (delay, _) = retries.failed("a", REV, "boom", now);
+        let (delay, _) = retries.failed("a", REV, "boom", true, now);
         assert!(delay <= Duration::from_millis(1500), "reset: {delay:?}");
     }
 
@@ -213,7 +221,7 @@ mod tests {
     fn an_edit_or_a_deletion_of_the_object_lifts_the_hold() {
         let retries = Retries::default();
         let t0 = Instant::now();
-        retries.failed("a", REV, "boom", t0);
+        retries.failed("a", REV, "boom", true, t0);
         let edited = Revision {
             generation: Some(2),
             deleting: false,
@@ -225,17 +233,26 @@ mod tests {
         assert_eq!(retries.hold("a", edited, t0), None);
         assert_eq!(retries.hold("a", deleting, t0), None);
         // Failing again at the new revision holds that one.
-        let (delay, _) = retries.failed("a", edited, "boom", t0);
+        let (delay, _) = retries.failed("a", edited, "boom", true, t0);
         assert_eq!(retries.hold("a", edited, t0), Some(delay));
+    }
+
+    #[test]
+    fn a_conflict_is_retried_by_the_next_trigger_not_held() {
+        let retries = Retries::default();
+        let t0 = Instant::now();
+        let (delay, _) = retries.failed("a", REV, "conflict", false, t0);
+        assert!(delay >= Duration::from_millis(500));
+        assert_eq!(retries.hold("a", REV, t0), None);
     }
 
     #[test]
     fn the_same_error_again_is_not_news() {
         let retries = Retries::default();
         let now = Instant::now();
-        assert!(retries.failed("a", REV, "boom", now).1);
-        assert!(!retries.failed("a", REV, "boom", now).1);
-        assert!(retries.failed("a", REV, "bang", now).1);
+        assert!(retries.failed("a", REV, "boom", true, now).1);
+        assert!(!retries.failed("a", REV, "boom", true, now).1);
+        assert!(retries.failed("a", REV, "bang", true, now).1);
     }
 
     #[test]
@@ -243,10 +260,10 @@ mod tests {
         let retries = Retries::default();
         let t0 = Instant::now();
         for i in 0..SWEEP_AT {
-            retries.failed(&format!("old{i}"), REV, "boom", t0);
+            retries.failed(&format!("old{i}"), REV, "boom", true, t0);
         }
         assert_eq!(retries.len(), SWEEP_AT);
-        retries.failed("new", REV, "boom", t0 + STALE);
+        retries.failed("new", REV, "boom", true, t0 + STALE);
         assert_eq!(retries.len(), 1);
     }
 
@@ -255,6 +272,8 @@ mod tests {
         let gone = Gone::default();
         let t0 = Instant::now();
         gone.insert("uid-1", t0);
+        gone.insert("", t0);
+        assert!(!gone.contains("", t0), "no uid, no memory");
         assert!(gone.contains("uid-1", t0 + Duration::from_secs(1)));
         assert!(!gone.contains("uid-2", t0));
         assert!(!gone.contains("uid-1", t0 + Gone::TTL));
