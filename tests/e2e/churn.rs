@@ -27,7 +27,7 @@ use kube::{Api, Client, ResourceExt};
 use mahler_api::{Connection, Service};
 use serde_json::json;
 
-use super::harness::{TestEnv, env, is_ready, shared, wait_for};
+use super::harness::{TestEnv, env, is_ready, shared};
 use super::{conn_conditions, project_with_env, svc_conditions};
 
 /// Every status write the operator sent for an object after it was gone
@@ -57,13 +57,13 @@ async fn deleted_objects_get_no_status_writes_and_the_live_ones_converge() {
             match i % 3 {
                 // Deleted right after its first status write, its Service too.
                 0 => {
-                    world.first_status(&conn).await;
+                    assert!(world.first_status(&conn).await, "{conn}: no status");
                     world.delete_connection(&conn).await;
                     world.delete_service(&svc).await;
                 }
                 // Deleted right after its first status write; the Service stays.
                 1 => {
-                    world.first_status(&conn).await;
+                    assert!(world.first_status(&conn).await, "{conn}: no status");
                     world.delete_connection(&conn).await;
                 }
                 // Deleted at once, before the operator saw much of either.
@@ -269,8 +269,9 @@ async fn churn(env: &TestEnv, client: &Client, ns: &str, plan: Plan) -> Report {
             counts.deleted += 1;
             let world = world.clone();
             quick.push(tokio::spawn(async move {
-                world.first_status(&conn).await;
+                let reconciled = world.first_status(&conn).await;
                 world.delete_connection(&conn).await;
+                reconciled
             }));
         } else {
             // A new image for a Service: a rollout.
@@ -282,7 +283,9 @@ async fn churn(env: &TestEnv, client: &Client, ns: &str, plan: Plan) -> Report {
         }
     }
     for task in quick {
-        task.await.expect("quick delete");
+        if !task.await.expect("quick delete") {
+            counts.never_reconciled += 1;
+        }
     }
     let churn_ended = Instant::now();
     samples.push(Sample::of(pid, started.elapsed()));
@@ -306,6 +309,8 @@ struct Counts {
     created: usize,
     updated: usize,
     deleted: usize,
+    /// Connections that got no status within 60 s of their creation.
+    never_reconciled: usize,
 }
 
 /// The operator process at one moment.
@@ -365,6 +370,10 @@ impl Report {
             "not converged 60 s after the churn: {}",
             self.converged.as_ref().unwrap_err()
         );
+        assert_eq!(
+            self.counts.never_reconciled, 0,
+            "Connections never reconciled\n{self}"
+        );
         for (name, n) in self.audit.worst_404s(5) {
             assert!(
                 n <= MAX_WRITES_AFTER_DELETION,
@@ -419,6 +428,13 @@ impl std::fmt::Display for Report {
             self.counts.updated,
             self.counts.deleted
         )?;
+        if self.counts.never_reconciled > 0 {
+            writeln!(
+                f,
+                "  {} Connections got no status within 60 s of their creation",
+                self.counts.never_reconciled
+            )?;
+        }
         writeln!(
             f,
             "  after the churn: {} Services and {} Connections live; {} in {:.1} s",
@@ -538,15 +554,18 @@ impl World {
         delete(&self.connections, name).await
     }
 
-    /// Waits for the operator's first status write on a Connection.
-    async fn first_status(&self, name: &str) {
-        wait_for(
-            &self.connections,
+    /// Waits (up to 60 s) for the operator's first status write on a
+    /// Connection; false if it never came.
+    async fn first_status(&self, name: &str) -> bool {
+        let written = kube::runtime::wait::await_condition(
+            self.connections.clone(),
             name,
-            "its first status",
             |c: Option<&Connection>| c.is_some_and(|c| c.status.is_some()),
+        );
+        matches!(
+            tokio::time::timeout(Duration::from_secs(60), written).await,
+            Ok(Ok(Some(_)))
         )
-        .await;
     }
 
     async fn live(&self) -> Live {
