@@ -41,7 +41,7 @@ const RECHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
-    #[error("{0}")]
+    #[error("{}", .0.chain())]
     Write(#[from] Error),
     #[error("the agent's config was not applied, the running agent is kept: {0}")]
     Validate(ValidateError),
@@ -84,7 +84,7 @@ pub async fn run(ctx: Arc<Context>, namespace: String) {
             }
             Err(error) => {
                 *ctx.telemetry.log_agent.settled.lock() = None;
-                warn!(error = ?error, retry_in = ?backoff, "pod-log agent sync failed");
+                warn!(error = %error, retry_in = ?backoff, "pod-log agent sync failed");
                 wait = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }
