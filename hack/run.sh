@@ -9,6 +9,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+hack/packages.sh python3:python3 curl:curl
 tools=$(hack/tools.sh dir)
 mirror=$(hack/tools.sh mirror)
 kubectl=$tools/kubectl

@@ -4,6 +4,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# buildah, lua5.4, tmux, python3, curl: installed if missing (as root).
+hack/packages.sh
 
 export MAHLER_TOOLS_DIR
 MAHLER_TOOLS_DIR=$(hack/tools.sh dir)
