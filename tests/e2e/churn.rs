@@ -48,9 +48,8 @@ async fn deleted_objects_get_no_status_writes_and_the_live_ones_converge() {
     let mut tasks = Vec::new();
     for i in 0..24 {
         let (svc, conn) = (format!("s{i}"), format!("c{i}"));
-        world.create_service(&svc, "app:1").await;
         world
-            .create_connection(&conn, &svc, &format!("db{}", i % 4))
+            .create_connected(&svc, &conn, &format!("db{}", i % 4))
             .await;
         let world = world.clone();
         tasks.push(tokio::spawn(async move {
@@ -77,9 +76,8 @@ async fn deleted_objects_get_no_status_writes_and_the_live_ones_converge() {
     // Objects that stay, created while the deletions run.
     for i in 0..8 {
         let (svc, conn) = (format!("k{i}"), format!("kc{i}"));
-        world.create_service(&svc, "app:1").await;
         world
-            .create_connection(&conn, &svc, &format!("db{}", i % 4))
+            .create_connected(&svc, &conn, &format!("db{}", i % 4))
             .await;
     }
     for task in tasks {
@@ -237,9 +235,8 @@ async fn churn(env: &TestEnv, client: &Client, ns: &str, plan: Plan) -> Report {
             // A new Service together with a Connection from it.
             let svc = name("s");
             let to = services[rng.below(services.len())].clone();
-            world.create_service(&svc, "app:1").await;
             let conn = name("c");
-            world.create_connection(&conn, &svc, &to).await;
+            world.create_connected(&svc, &conn, &to).await;
             connections.insert(conn, (svc.clone(), to));
             services.push(svc);
             counts.created += 2;
@@ -535,6 +532,12 @@ impl World {
             .create(&PostParams::default(), &conn)
             .await
             .unwrap_or_else(|e| panic!("create Connection {name}: {e}"));
+    }
+
+    /// A new Service `svc` with a Connection `conn` from it to `to`.
+    async fn create_connected(&self, svc: &str, conn: &str, to: &str) {
+        self.create_service(svc, "app:1").await;
+        self.create_connection(conn, svc, to).await;
     }
 
     async fn set_image(&self, name: &str, image: &str) {

@@ -315,16 +315,27 @@ fn valid<K: Clone>(guards: Vec<Arc<Guarded<K>>>) -> Vec<K> {
         .collect()
 }
 
+/// How a watch event touched an object, for [`feed`]'s `route`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Touched {
+    /// Created or changed; the cache shows it.
+    Applied,
+    /// Deleted; gone from the cache.
+    Deleted,
+    /// Part of a (re)list; the cache shows the new list only at its end.
+    Listed,
+}
+
 /// Drives one watch into its cache, calling `route` for every object touched
-/// (applied or deleted: `listing` false, once the cache shows the change;
-/// listed: `listing` true, before the cache shows the new list), and
-/// `listed` once a (re)list has been swapped into the cache. Never waits on its consumers:
-/// they only send on unbounded channels, so a slow controller cannot stall
-/// the watch (and freeze the cache) behind it.
+/// once the cache shows the change (a listed object as it arrives, before
+/// the cache shows the new list), and `listed` once a (re)list has been
+/// swapped into the cache. Never waits on its consumers: they only send on
+/// unbounded channels, so a slow controller cannot stall the watch (and
+/// freeze the cache) behind it.
 pub fn feed<K, S>(
     watch: S,
     mut writer: Writer<K>,
-    route: impl Fn(&K, bool) + Send + 'static,
+    route: impl Fn(&K, Touched) + Send + 'static,
     listed: impl Fn() + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -346,8 +357,9 @@ where
                 Ok(event) => {
                     writer.apply_watcher_event(&event);
                     match &event {
-                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => route(o, false),
-                        watcher::Event::InitApply(o) => route(o, true),
+                        watcher::Event::Apply(o) => route(o, Touched::Applied),
+                        watcher::Event::Delete(o) => route(o, Touched::Deleted),
+                        watcher::Event::InitApply(o) => route(o, Touched::Listed),
                         watcher::Event::InitDone => listed(),
                         watcher::Event::Init => {}
                     }

@@ -266,21 +266,19 @@ where
     S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
 {
     let store = writer.as_reader();
-    let listed_store = store.clone();
     let listed_own = own.clone();
     // A closed channel means the controller stopped (shutdown).
     cache::feed(
         watch,
         writer,
-        move |obj: &K, listing| {
-            let r = ObjectRef::from_obj(obj);
-            if !listing && store.get(&r).is_some() {
-                let _ = own.send(r);
+        move |obj: &K, touched| {
+            if touched == cache::Touched::Applied {
+                let _ = own.send(ObjectRef::from_obj(obj));
             }
             route(obj)
         },
         move || {
-            for obj in listed_store.state() {
+            for obj in store.state() {
                 let _ = listed_own.send(ObjectRef::from_obj(obj.as_ref()));
             }
         },

@@ -384,23 +384,15 @@ async fn reconcile<K: Kind>(guard: Arc<Guarded<K>>, ctx: Arc<Context>) -> Result
     let in_flight = ctx.metrics.in_flight(&kind);
     let result = obj.pass(&ctx).await;
     drop(in_flight);
-    let resource = ApiResource::erase::<K>(&());
-    let result = match result {
-        Err(error) if error.is_not_found(&resource, &obj.name_any()) => {
+    let (outcome, result) = match result {
+        Ok(action) => (metrics::Outcome::Ok, Ok(action)),
+        Err(error) if error.is_not_found(&ApiResource::erase::<K>(&()), &obj.name_any()) => {
             debug!(%kind, name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default(), "deleted while reconciling; done");
             ctx.gone.insert(uid, Instant::now());
             ctx.written.forget(uid);
-            ctx.metrics
-                .reconciled(&kind, started.elapsed(), metrics::Outcome::Gone);
-            ctx.retries.succeeded(&key);
-            return Ok(Action::await_change());
+            (metrics::Outcome::Gone, Ok(Action::await_change()))
         }
-        other => other,
-    };
-    let outcome = if result.is_ok() {
-        metrics::Outcome::Ok
-    } else {
-        metrics::Outcome::Error
+        Err(error) => (metrics::Outcome::Error, Err(error)),
     };
     ctx.metrics.reconciled(&kind, started.elapsed(), outcome);
     if result.is_ok() {
@@ -491,10 +483,9 @@ fn key_of<K: Resource<DynamicType = ()>>(kind: &str, obj: &K) -> String {
 
 /// A failed pass: counted by category, retried with backoff (held against
 /// every re-trigger until it elapses, conflicts excepted: [`retry`]), logged
-/// on one line, and
-/// reported on the object as a Warning Event (once per distinct error until
-/// a pass succeeds). Conflicts are routine under optimistic concurrency:
-/// counted and logged, not reported.
+/// on one line, and reported on the object as a Warning Event (once per
+/// distinct error until a pass succeeds). Conflicts are routine under
+/// optimistic concurrency: counted and logged, not reported.
 fn error_policy<K: Kind>(guard: Arc<Guarded<K>>, error: &Error, ctx: Arc<Context>) -> Action {
     let kind = K::kind(&());
     let meta = guard.meta();

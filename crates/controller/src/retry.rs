@@ -127,13 +127,9 @@ impl Retries {
         }
     }
 
-    /// Objects currently backing off (for tests and metrics).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.0.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
